@@ -1,0 +1,3 @@
+"""sockherd's master process: config, sockets, signals, worker pools."""
+
+__version__ = "0.1.0"

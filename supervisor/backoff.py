@@ -1,0 +1,18 @@
+"""Capped exponential backoff with jitter for workers that fail soon after they start."""
+
+from __future__ import annotations
+
+import random
+
+BASE = 0.25  # seconds before the first retry
+CAP = 30.0  # never wait longer than this between attempts
+JITTER = 0.2  # +/- this fraction, so that many failing workers do not retry in lockstep
+
+
+def delay(failures: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait before the next attempt after `failures` consecutive quick failures."""
+    if failures <= 0:
+        return 0.0
+    nominal = min(CAP, BASE * 2 ** (failures - 1))
+    spread = (rng or random).uniform(-JITTER, JITTER)
+    return min(CAP, nominal * (1 + spread))

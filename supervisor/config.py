@@ -1,0 +1,231 @@
+"""The TOML config: schema, validation and the frozen objects the rest of sockherd reads.
+
+`load(path)` returns a `Config` or raises `ConfigError` with one line per problem, each naming the
+file, the key path and the fix. Relative paths in the file are taken from the file's directory.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from supervisor import addresses
+from supervisor.errors import ConfigError
+from supervisor.probe import probe_handlers
+from supervisor.table import Problems, Table
+
+
+class Protocol(enum.StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+    UNIX_STREAM = "unix-stream"
+    UNIX_DGRAM = "unix-dgram"
+
+    @property
+    def is_stream(self) -> bool:
+        return self in (Protocol.TCP, Protocol.UNIX_STREAM)
+
+    @property
+    def is_unix(self) -> bool:
+        return self in (Protocol.UNIX_STREAM, Protocol.UNIX_DGRAM)
+
+
+class Concurrency(enum.StrEnum):
+    THREAD = "thread"
+    FORK = "fork"
+    SYNC = "sync"
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    protocol: Protocol
+    listen: addresses.Address
+    handler: str
+    workers: int = 1
+    concurrency: Concurrency = Concurrency.THREAD
+    daemon_threads: bool = False
+    block_on_close: bool = True
+    max_children: int = 40
+    backlog: int = 128
+    socket_mode: int = 0o660
+    max_packet_size: int = 8192
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    runtime_dir: Path
+    graceful_timeout: float = 30.0
+    log_level: str = "info"
+    pythonpath: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    supervisor: SupervisorConfig
+    services: tuple[ServiceConfig, ...]
+
+
+def default_runtime_dir() -> Path:
+    """systemd's RuntimeDirectory=, else $XDG_RUNTIME_DIR/sockherd, else a per-user /tmp dir."""
+    if systemd_dir := os.environ.get("RUNTIME_DIRECTORY"):
+        return Path(systemd_dir.split(":")[0])
+    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(xdg) / "sockherd"
+    return Path(f"/tmp/sockherd-{os.getuid()}")
+
+
+def load(path: Path, *, import_handlers: bool = True) -> Config:
+    """Read and validate `path`; with `import_handlers`, also check every handler in a probe."""
+    problems = Problems(str(path))
+    data = _read_toml(path, problems)
+    root = Table(data, "", problems)
+    base = path.parent.resolve()
+    supervisor = _supervisor(root.table("supervisor"), base)
+    services = _services(root.table("services"), base)
+    root.finish()
+    _check_duplicates(services, problems)
+    if import_handlers and not problems:
+        _check_handlers(services, supervisor.pythonpath, problems)
+    problems.raise_if_any()
+    return Config(path=path, supervisor=supervisor, services=tuple(services))
+
+
+def _read_toml(path: Path, problems: Problems) -> dict[str, object]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        problems.raise_now(f"cannot read the config: {exc.strerror} (check the -c path)")
+    except tomllib.TOMLDecodeError as exc:
+        problems.raise_now(f"invalid TOML: {exc}")
+    raise AssertionError("unreachable")
+
+
+def _supervisor(table: Table, base: Path) -> SupervisorConfig:
+    runtime_dir = table.get("runtime_dir", str, None)
+    graceful_timeout = table.get("graceful_timeout", float, 30.0)
+    if graceful_timeout < 0:
+        table.problem("graceful_timeout", f"must be 0 or more seconds, got {graceful_timeout}")
+    log_level = table.choice("log_level", LOG_LEVELS, "info")
+    pythonpath = table.get("pythonpath", list, [])
+    if not all(isinstance(p, str) for p in pythonpath):
+        table.problem("pythonpath", 'expected a list of directory strings, e.g. ["src"]')
+        pythonpath = []
+    table.finish()
+    return SupervisorConfig(
+        runtime_dir=base / runtime_dir if runtime_dir else default_runtime_dir(),
+        graceful_timeout=graceful_timeout,
+        log_level=log_level,
+        pythonpath=tuple(base / p for p in pythonpath),
+    )
+
+
+def _services(table: Table, base: Path) -> list[ServiceConfig]:
+    services = []
+    for name in table.keys():
+        if not _SERVICE_NAME.fullmatch(name):
+            table.problem(name, "service names use letters, digits, '-' and '_' (at most 64)")
+        elif (service := _service(table.table(name), name, base)) is not None:
+            services.append(service)
+    if not table.keys() and not table.problems:
+        table.problem("", 'no service defined (add a [services.NAME] table with protocol, listen and handler)')
+    table.finish()
+    return services
+
+
+def _service(table: Table, name: str, base: Path) -> ServiceConfig | None:
+    protocol = Protocol(table.choice("protocol", [p.value for p in Protocol], "tcp", required=True))
+    listen = _listen(table, protocol, base)
+    handler = table.get("handler", str, "", required=True)
+    if handler and not re.fullmatch(r"[\w.]+:\w+", handler):
+        table.problem("handler", f'expected "package.module:Class", got "{handler}"')
+    concurrency = Concurrency(table.choice("concurrency", [c.value for c in Concurrency], "thread"))
+    service = ServiceConfig(
+        name=name,
+        protocol=protocol,
+        listen=listen,
+        handler=handler,
+        workers=table.integer("workers", 1, minimum=1),
+        concurrency=concurrency,
+        daemon_threads=_daemon_threads(table, concurrency),
+        block_on_close=table.only_if(concurrency != Concurrency.SYNC, "block_on_close", bool, True,
+                                     'concurrency = "thread" or "fork"'),
+        max_children=table.only_if(concurrency == Concurrency.FORK, "max_children", int, 40,
+                                   'concurrency = "fork"', minimum=1),
+        backlog=table.only_if(protocol.is_stream, "backlog", int, 128, "stream protocols", minimum=1),
+        socket_mode=_socket_mode(table, protocol),
+        max_packet_size=table.only_if(not protocol.is_stream, "max_packet_size", int, 8192,
+                                      "datagram protocols", minimum=1),
+    )
+    table.finish()
+    return None if table.problems else service
+
+
+def _listen(table: Table, protocol: Protocol, base: Path) -> addresses.Address:
+    text = table.get("listen", str, "", required=True)
+    placeholder = addresses.InetAddress("", 0)
+    if not text:
+        return placeholder
+    try:
+        if protocol.is_unix:
+            return addresses.parse_unix(text, base)
+        return addresses.parse_inet(text)
+    except ValueError as exc:
+        table.problem("listen", str(exc))
+        return placeholder
+
+
+def _daemon_threads(table: Table, concurrency: Concurrency) -> bool:
+    if concurrency != Concurrency.THREAD:
+        return table.only_if(False, "daemon_threads", bool, False, 'concurrency = "thread"')
+    return table.get(
+        "daemon_threads", bool, False, required=True,
+        fix='required for concurrency = "thread": set false to let in-flight requests finish at '
+        "stop, or true to drop them at once",
+    )
+
+
+def _socket_mode(table: Table, protocol: Protocol) -> int:
+    text = table.only_if(protocol.is_unix, "socket_mode", str, "0660", "unix protocols")
+    if not re.fullmatch(r"0?[0-7]{3}", text):
+        table.problem("socket_mode", f'expected an octal mode string such as "0660", got "{text}"')
+        return 0o660
+    return int(text, 8)
+
+
+def _check_duplicates(services: list[ServiceConfig], problems: Problems) -> None:
+    seen: dict[tuple[bool, addresses.Address], str] = {}
+    for service in services:
+        address = service.listen
+        if isinstance(address, addresses.InetAddress) and address.port == 0:
+            continue  # every port-0 listener gets its own ephemeral port
+        key = (service.protocol.is_stream, address)
+        if key in seen:
+            problems.add(f"services.{service.name}.listen",
+                         f"{address} is already used by services.{seen[key]} (give each service its own address)")
+        seen.setdefault(key, service.name)
+
+
+def _check_handlers(services: list[ServiceConfig], pythonpath: tuple[Path, ...], problems: Problems) -> None:
+    verdicts = probe_handlers((s.handler for s in services), pythonpath)
+    for service in services:
+        verdict = verdicts[service.handler]
+        key = f"services.{service.name}.handler"
+        if verdict["error"]:
+            problems.add(key, f"{verdict['error']} (check the module path and [supervisor] pythonpath)")
+        elif verdict["kind"] == "stream" and not service.protocol.is_stream:
+            problems.add(key, f"a StreamRequestHandler cannot serve protocol = \"{service.protocol}\" "
+                              "(use a DatagramRequestHandler or BaseRequestHandler)")
+        elif verdict["kind"] == "datagram" and service.protocol.is_stream:
+            problems.add(key, f"a DatagramRequestHandler cannot serve protocol = \"{service.protocol}\" "
+                              "(use a StreamRequestHandler or BaseRequestHandler)")

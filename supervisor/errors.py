@@ -1,0 +1,40 @@
+"""Exceptions and exit codes of the sockherd master.
+
+Exception tree::
+
+    SockherdError              anything sockherd reports to the operator
+    +-- ConfigError            the config is invalid; carries one line per problem
+    +-- BindError              a listener could not be created
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Exit statuses of the `sockherd` command."""
+
+    OK = 0
+    FAILURE = 1  # a runtime failure: a socket could not be bound, an unexpected error
+    CONFIG = 2  # invalid config or command line; nothing was started
+
+
+class SockherdError(Exception):
+    """An error the operator can fix; its message says what to do."""
+
+    exit_code = ExitCode.FAILURE
+
+
+class ConfigError(SockherdError):
+    """The config file is invalid: `problems` holds one printable line per problem."""
+
+    exit_code = ExitCode.CONFIG
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class BindError(SockherdError):
+    """A listening socket could not be created; nothing is left bound."""

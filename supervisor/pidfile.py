@@ -1,0 +1,45 @@
+"""The pid file: written atomically, refused when a live sockherd owns it, removed at exit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import psutil
+
+from supervisor.errors import SockherdError
+
+
+def read(path: Path) -> int | None:
+    """The pid recorded in `path`, or None when there is no readable pid."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_live_sockherd(pid: int) -> bool:
+    try:
+        cmdline = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+    return pid != os.getpid() and ("sockherd" in cmdline or "supervisor" in cmdline)
+
+
+def acquire(path: Path) -> None:
+    """Record our pid in `path`; refuse if a running sockherd is recorded there already."""
+    pid = read(path)
+    if pid is not None and _is_live_sockherd(pid):
+        raise SockherdError(f"sockherd is already running with pid {pid} (pid file {path}); "
+                            "stop it first, or give this instance another runtime_dir")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(f"{os.getpid()}\n")
+    os.replace(temporary, path)
+
+
+def release(path: Path) -> None:
+    """Remove `path` if it still records our pid."""
+    if read(path) == os.getpid():
+        with contextlib.suppress(OSError):
+            path.unlink()

@@ -1,0 +1,144 @@
+"""The master binds every listener; workers adopt them (see workers.servers.from_socket).
+
+Listeners are non-blocking: several workers wait on one socket, and with a blocking socket the
+workers that lose the race for a connection stay stuck in accept() where a shutdown never reaches
+them. socketserver ignores the BlockingIOError a loser gets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from supervisor.addresses import InetAddress, UnixAddress
+from supervisor.config import Protocol, ServiceConfig
+from supervisor.errors import BindError
+
+
+@dataclass
+class Listener:
+    """A bound socket of one service, and the socket file it created, if any."""
+
+    service: str
+    sock: socket.socket
+    created: tuple[Path, int] | None = None  # (path, inode) of a socket file we made
+
+    @property
+    def address(self) -> str:
+        name = self.sock.getsockname()
+        if isinstance(name, tuple):
+            return str(InetAddress(name[0], name[1]))
+        return str(name)
+
+    def close(self) -> None:
+        """Close our copy and remove the socket file we created (unless someone replaced it)."""
+        self.sock.close()
+        if self.created:
+            path, inode = self.created
+            with contextlib.suppress(OSError):
+                if os.lstat(path).st_ino == inode:
+                    path.unlink()
+
+
+def bind_all(services: Iterable[ServiceConfig], hint: str) -> dict[str, Listener]:
+    """Bind every service or none: on a failure the ones already bound are closed again."""
+    listeners: dict[str, Listener] = {}
+    try:
+        for service in services:
+            listeners[service.name] = bind(service, hint)
+    except BaseException:
+        for listener in listeners.values():
+            listener.close()
+        raise
+    return listeners
+
+
+def bind(service: ServiceConfig, hint: str) -> Listener:
+    """Create, bind and (for streams) listen; `hint` tells where another instance would be."""
+    key = f"services.{service.name}.listen"
+    kind = socket.SOCK_STREAM if service.protocol.is_stream else socket.SOCK_DGRAM
+    try:
+        if isinstance(service.listen, UnixAddress):
+            listener = _bind_unix(service, service.listen.path, kind, key, hint)
+        else:
+            listener = Listener(service.name, _bind_inet(service.listen, kind, key))
+    except OSError as exc:
+        raise BindError(f"{key}: {service.listen}: {_explain(exc, hint)}") from exc
+    if service.protocol.is_stream:
+        listener.sock.listen(service.backlog)
+    listener.sock.setblocking(False)
+    return listener
+
+
+def _bind_inet(address: InetAddress, kind: socket.SocketKind, key: str) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(address.host or None, address.port, type=kind, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise BindError(f"{key}: cannot resolve {address.host!r}: {exc.strerror} "
+                        "(use an IP address or a name in /etc/hosts)") from exc
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            # Only for TCP: on UDP it would let a second server share the port silently.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_unix(service: ServiceConfig, path: Path, kind: socket.SocketKind, key: str, hint: str) -> Listener:
+    _clear_stale(path, kind, key, hint)
+    sock = socket.socket(socket.AF_UNIX, kind)
+    old_umask = os.umask(0o777 & ~service.socket_mode)  # no moment with wider permissions
+    try:
+        sock.bind(str(path))
+        os.chmod(path, service.socket_mode)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    return Listener(service.name, sock, (path, os.lstat(path).st_ino))
+
+
+def _clear_stale(path: Path, kind: socket.SocketKind, key: str, hint: str) -> None:
+    """Remove a socket file nothing listens on; refuse a live socket or a file of another kind."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise BindError(f"{key}: {path} exists and is not a socket (move it away or choose another path)")
+    with socket.socket(socket.AF_UNIX, kind) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            path.unlink()  # stale: left behind by a process that is gone
+            return
+        except OSError:
+            pass  # a socket of another type, or a full backlog: someone is there
+    raise BindError(f"{key}: {path} is in use by a running server ({hint})")
+
+
+def _explain(exc: OSError, hint: str) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"address already in use ({hint})"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE; check the directory's permissions)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "not an address of this machine (check the host part)"
+    if exc.errno == errno.ENOENT:
+        return "the directory does not exist (create it or choose another path)"
+    return f"{exc.strerror or exc}"
+
+

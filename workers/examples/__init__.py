@@ -1,0 +1,1 @@
+"""Example request handlers served by the bundled config etc/sockherd.toml."""

@@ -1,0 +1,24 @@
+"""An HTTP "hello" built on http.server, with keep-alive."""
+
+from __future__ import annotations
+
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+BODY = b"hello, world\n"
+
+
+class HelloHandler(BaseHTTPRequestHandler):
+    """Answer every GET with a short text body over HTTP/1.1 keep-alive."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's naming)
+        pass  # one line per request on stderr is not wanted here

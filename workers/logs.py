@@ -1,0 +1,72 @@
+"""Structured JSON logging for every sockherd process, master and workers alike.
+
+Each event is rendered to one JSON line and written to the log fd with a single `os.write`:
+no lock is taken, so a fork at any moment (ForkingMixIn forks from a serving thread) can never
+inherit a held logging lock, and lines from different processes never interleave.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+_FIRST_KEYS = ("ts", "level", "event", "pid", "role", "service", "worker", "generation")
+_static: dict[str, Any] = {}
+
+
+class FdLogger:
+    """A structlog logger that writes each rendered line to a file descriptor in one call."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def msg(self, message: str) -> None:
+        data = (message + "\n").encode("utf-8", "replace")
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError:
+            pass  # logging must never take a process down: a closed stderr loses the line only
+
+    log = debug = info = warning = error = critical = exception = msg
+
+
+def _add_context(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event["pid"] = os.getpid()  # read per event: forked request children log their own pid
+    for key, value in _static.items():
+        event.setdefault(key, value)
+    return event
+
+
+def _order(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    first = {key: event.pop(key) for key in _FIRST_KEYS if key in event}
+    first.update(event)
+    return first
+
+
+def configure(level: str = "info", fd: int = 2, **context: Any) -> None:
+    """(Re)configure logging for this process; `context` is added to every event."""
+    _static.clear()
+    _static.update(context)
+    structlog.configure(
+        processors=[
+            _add_context,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            structlog.processors.format_exc_info,
+            _order,
+            structlog.processors.JSONRenderer(default=str),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        logger_factory=lambda *_: FdLogger(fd),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger() -> Any:
+    """The process's logger: `get_logger().info("event_name", key=value)`."""
+    return structlog.get_logger()

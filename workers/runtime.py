@@ -1,0 +1,145 @@
+"""A worker process: adopt the inherited socket into a socketserver server and serve.
+
+The serving loop runs in a thread; the main thread owns signals and the lifeline to the master,
+because `shutdown()` called from the serving thread (or a signal handler interrupting it) hangs.
+
+Exit codes: 0 after a graceful or immediate stop, 1 when the serving loop failed,
+3 (`BOOT_FAILED`) when the handler could not be imported or the server not built.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from workers import channel, logs, output
+from workers.loader import extend_path, load_handler
+from workers.servers import SERVERS, Adoptable
+from workers.wakeup import SignalQueue
+
+BOOT_FAILED = 3
+POLL_INTERVAL = 0.2  # how quickly serve_forever notices shutdown()
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, in plain values: workers never import the master's config."""
+
+    service: str
+    slot: int
+    generation: int
+    protocol: str
+    concurrency: str
+    handler: str
+    daemon_threads: bool
+    block_on_close: bool
+    max_children: int
+    max_packet_size: int
+    pythonpath: tuple[Path, ...]
+    log_level: str
+    listener_fd: int
+    channel_fd: int
+    lifeline_fd: int
+
+
+def worker_main(spec: WorkerSpec) -> int:
+    """Run one worker to completion and return its exit code."""
+    logs.configure(spec.log_level, role="worker", service=spec.service, worker=spec.slot,
+                   generation=spec.generation)
+    output.capture_stdio()
+    signals = SignalQueue((*_STOP_SIGNALS, signal.SIGHUP))
+    try:
+        server = build_server(spec)
+    except BaseException:
+        logs.get_logger().error("worker_boot_failed", handler=spec.handler, exc_info=True)
+        return BOOT_FAILED
+    os.register_at_fork(after_in_child=lambda: _in_request_child(spec, server))
+    return Worker(spec, server, signals).run()
+
+
+def build_server(spec: WorkerSpec) -> Adoptable:
+    """Import the handler and adopt the listener; the socket is already non-blocking."""
+    extend_path(spec.pythonpath)
+    handler = load_handler(spec.handler)
+    sock = socket.socket(fileno=spec.listener_fd)
+    server = SERVERS[spec.protocol, spec.concurrency].from_socket(sock, handler)
+    server.daemon_threads = spec.daemon_threads  # type: ignore[attr-defined]
+    server.block_on_close = spec.block_on_close  # type: ignore[attr-defined]
+    server.max_children = spec.max_children  # type: ignore[attr-defined]
+    server.max_packet_size = spec.max_packet_size  # type: ignore[attr-defined]
+    return server
+
+
+def _in_request_child(spec: WorkerSpec, server: Adoptable) -> None:
+    """First steps of a ForkingMixIn request child: it serves one request and must not act as
+    the worker: default signal dispositions, and no copy of the listener or the pipes."""
+    signal.set_wakeup_fd(-1)
+    for signum in (*_STOP_SIGNALS, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    for fd in (spec.channel_fd, spec.lifeline_fd):
+        os.close(fd)
+    if spec.protocol in ("tcp", "unix-stream"):
+        server.socket.close()  # datagram children reply through the listening socket
+
+
+class Worker:
+    """The main thread of a worker: waits for a stop signal, the master's death, or a crash."""
+
+    def __init__(self, spec: WorkerSpec, server: Adoptable, signals: SignalQueue) -> None:
+        self.spec = spec
+        self.server = server
+        self.signals = signals
+        self.log = logs.get_logger()
+        self.serving = threading.Thread(target=self._serve, name="serve", daemon=True)
+
+    def _serve(self) -> None:
+        try:
+            self.server.serve_forever(poll_interval=POLL_INTERVAL)
+        except BaseException:
+            self.log.critical("serve_loop_failed", exc_info=True)
+
+    def run(self) -> int:
+        self.serving.start()
+        channel.send(self.spec.channel_fd, "ready")
+        self.log.info("worker_ready", handler=self.spec.handler, concurrency=self.spec.concurrency)
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.signals.fileno(), selectors.EVENT_READ)
+            selector.register(self.spec.lifeline_fd, selectors.EVENT_READ)
+            while True:
+                ready = {key.fd for key, _ in selector.select(timeout=1.0)}
+                if self.spec.lifeline_fd in ready and not os.read(self.spec.lifeline_fd, 64):
+                    self._orphaned()
+                for signum in self.signals.drain():
+                    if signum == signal.SIGQUIT:
+                        return self._stop_now()
+                    if signum != signal.SIGHUP:
+                        return self._stop_gracefully(signum)
+                if not self.serving.is_alive():
+                    return 1
+
+    def _stop_gracefully(self, signum: signal.Signals) -> int:
+        """Stop accepting, let in-flight requests finish as the stdlib would at exit, return 0."""
+        self.log.info("worker_stopping", signal=signum.name, daemon_threads=self.spec.daemon_threads)
+        self.server.shutdown()
+        self.server.server_close()  # joins threads / waits for children when block_on_close
+        for thread in threading.enumerate():
+            # What the interpreter does at exit, which os._exit skips: wait for non-daemon threads.
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join()
+        self.log.info("worker_stopped")
+        return 0
+
+    def _stop_now(self) -> int:
+        self.log.info("worker_stopping", signal="SIGQUIT", immediate=True)
+        return 0
+
+    def _orphaned(self) -> None:
+        """The master is gone: nobody supervises this process; take it and its children down."""
+        self.log.error("master_gone", ppid=os.getppid())
+        os.killpg(os.getpgrp(), signal.SIGKILL)

@@ -1,0 +1,130 @@
+"""socketserver servers that adopt a socket someone else bound.
+
+Class diagram (each class is the stdlib class of the same name plus `Adoptable`)::
+
+    Adoptable -----+--> TCPServer ----------+--> UDPServer
+                   |        |               +--> UnixStreamServer --> UnixDatagramServer (stdlib shape)
+    ThreadingMixIn + TCPServer  = ThreadingTCPServer      (likewise UDP, UnixStream, UnixDatagram)
+    ForkingMixIn   + TCPServer  = ForkingTCPServer        (likewise; the Unix forms exist from 3.12
+                                                            in the stdlib, and here on 3.11)
+
+They behave exactly like the stdlib servers, with three differences: `from_socket()` builds a
+server around an already bound socket; accepted TCP connections get TCP_NODELAY; and
+`handle_error()` logs one structured event instead of printing a traceback.
+"""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import sys
+from typing import Any, Self
+
+from workers.logs import get_logger
+
+# Errors that mean "the client went away": expected under load, logged without a traceback.
+CLIENT_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
+
+
+class Adoptable(socketserver.BaseServer):
+    """Mixin: adopt an inherited socket; log handler errors as events."""
+
+    socket: socket.socket
+
+    @classmethod
+    def from_socket(cls, sock: socket.socket, RequestHandlerClass: Any) -> Self:  # noqa: N803 (stdlib name)
+        """Serve on `sock`, which is bound (and, for streams, listening) already.
+
+        Never binds or listens again: `listen()` on a shared socket would shrink the backlog of
+        every process that shares it.
+        """
+        server = cls(sock.getsockname(), RequestHandlerClass, bind_and_activate=False)  # type: ignore[call-arg]
+        server.socket.close()  # the constructor always creates a socket of its own
+        server.socket = sock
+        server.address_family = sock.family  # type: ignore[attr-defined]
+        server.server_address = sock.getsockname()
+        return server
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        log = get_logger()
+        if isinstance(error, CLIENT_GONE):
+            log.debug("client_reset", peer=_peer(client_address), error=repr(error))
+        else:
+            log.error("handler_error", peer=_peer(client_address), exc_info=True)
+
+
+def _peer(client_address: Any) -> str:
+    if isinstance(client_address, tuple) and len(client_address) >= 2:
+        host, port = client_address[:2]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(client_address or "unnamed")
+
+
+class TCPServer(Adoptable, socketserver.TCPServer):
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        # The textbook http.server handler writes headers and body separately; with Nagle and
+        # delayed ACK each keep-alive request would stall ~40 ms.
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection, address
+
+
+class UDPServer(Adoptable, socketserver.UDPServer):
+    pass
+
+
+class UnixStreamServer(Adoptable, socketserver.UnixStreamServer):
+    pass
+
+
+class UnixDatagramServer(Adoptable, socketserver.UnixDatagramServer):
+    pass
+
+
+class ThreadingTCPServer(socketserver.ThreadingMixIn, TCPServer):
+    pass
+
+
+class ThreadingUDPServer(socketserver.ThreadingMixIn, UDPServer):
+    pass
+
+
+class ThreadingUnixStreamServer(socketserver.ThreadingMixIn, UnixStreamServer):
+    pass
+
+
+class ThreadingUnixDatagramServer(socketserver.ThreadingMixIn, UnixDatagramServer):
+    pass
+
+
+class ForkingTCPServer(socketserver.ForkingMixIn, TCPServer):
+    pass
+
+
+class ForkingUDPServer(socketserver.ForkingMixIn, UDPServer):
+    pass
+
+
+class ForkingUnixStreamServer(socketserver.ForkingMixIn, UnixStreamServer):
+    pass
+
+
+class ForkingUnixDatagramServer(socketserver.ForkingMixIn, UnixDatagramServer):
+    pass
+
+
+SERVERS: dict[tuple[str, str], type[Adoptable]] = {
+    ("tcp", "sync"): TCPServer,
+    ("udp", "sync"): UDPServer,
+    ("unix-stream", "sync"): UnixStreamServer,
+    ("unix-dgram", "sync"): UnixDatagramServer,
+    ("tcp", "thread"): ThreadingTCPServer,
+    ("udp", "thread"): ThreadingUDPServer,
+    ("unix-stream", "thread"): ThreadingUnixStreamServer,
+    ("unix-dgram", "thread"): ThreadingUnixDatagramServer,
+    ("tcp", "fork"): ForkingTCPServer,
+    ("udp", "fork"): ForkingUDPServer,
+    ("unix-stream", "fork"): ForkingUnixStreamServer,
+    ("unix-dgram", "fork"): ForkingUnixDatagramServer,
+}
