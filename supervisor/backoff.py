@@ -13,6 +13,6 @@ def delay(failures: int, rng: random.Random | None = None) -> float:
     """Seconds to wait before the next attempt after `failures` consecutive quick failures."""
     if failures <= 0:
         return 0.0
-    nominal = min(CAP, BASE * 2 ** (failures - 1))
-    spread = (rng or random).uniform(-JITTER, JITTER)
+    nominal = min(CAP, BASE * 2.0 ** (failures - 1))
+    spread: float = (rng or random).uniform(-JITTER, JITTER)
     return min(CAP, nominal * (1 + spread))

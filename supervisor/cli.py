@@ -15,14 +15,23 @@ DEFAULT_CONFIG = Path("/etc/sockherd/sockherd.toml")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sockherd", description="Supervise pre-forked socketserver workers.")
+    parser = argparse.ArgumentParser(
+        prog="sockherd", description="Supervise pre-forked socketserver workers."
+    )
     parser.add_argument("--version", action="version", version=f"sockherd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, text in (("run", "run in the foreground until stopped"),
-                       ("check", "validate the config (imports handlers) and exit")):
+    for name, text in (
+        ("run", "run in the foreground until stopped"),
+        ("check", "validate the config (imports handlers) and exit"),
+    ):
         command = commands.add_parser(name, help=text, description=text)
-        command.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG,
-                             help=f"config file (default {DEFAULT_CONFIG})")
+        command.add_argument(
+            "-c",
+            "--config",
+            type=Path,
+            default=DEFAULT_CONFIG,
+            help=f"config file (default {DEFAULT_CONFIG})",
+        )
     return parser
 
 

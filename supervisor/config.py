@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor import addresses
-from supervisor.errors import ConfigError
 from supervisor.probe import probe_handlers
 from supervisor.table import Problems, Table
 
@@ -42,6 +41,7 @@ class Concurrency(enum.StrEnum):
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_HANDLER = re.compile(r"[\w.]+:\w+")
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,14 @@ def load(path: Path, *, import_handlers: bool = True) -> Config:
     root = Table(data, "", problems)
     base = path.parent.resolve()
     supervisor = _supervisor(root.table("supervisor"), base)
-    services = _services(root.table("services"), base)
+    parsed = _services(root.table("services"), base)
     root.finish()
+    services = [service for service, valid in parsed if valid]
     _check_duplicates(services, problems)
-    if import_handlers and not problems:
-        _check_handlers(services, supervisor.pythonpath, problems)
+    if import_handlers:
+        # Every well-formed handler is probed, so one run reports every problem of the file.
+        probed = [(service, valid) for service, valid in parsed if _HANDLER.fullmatch(service.handler)]
+        _check_handlers(probed, supervisor.pythonpath, problems)
     problems.raise_if_any()
     return Config(path=path, supervisor=supervisor, services=tuple(services))
 
@@ -130,24 +133,27 @@ def _supervisor(table: Table, base: Path) -> SupervisorConfig:
     )
 
 
-def _services(table: Table, base: Path) -> list[ServiceConfig]:
+def _services(table: Table, base: Path) -> list[tuple[ServiceConfig, bool]]:
+    """Every service table, each with whether it is valid."""
     services = []
-    for name in table.keys():
+    for name in table.names():
         if not _SERVICE_NAME.fullmatch(name):
             table.problem(name, "service names use letters, digits, '-' and '_' (at most 64)")
-        elif (service := _service(table.table(name), name, base)) is not None:
-            services.append(service)
-    if not table.keys() and not table.problems:
-        table.problem("", 'no service defined (add a [services.NAME] table with protocol, listen and handler)')
+        else:
+            services.append(_service(table.table(name), name, base))
+    if not table.names() and not table.problems:
+        table.problem(
+            "", "no service defined (add a [services.NAME] table with protocol, listen and handler)"
+        )
     table.finish()
     return services
 
 
-def _service(table: Table, name: str, base: Path) -> ServiceConfig | None:
+def _service(table: Table, name: str, base: Path) -> tuple[ServiceConfig, bool]:
     protocol = Protocol(table.choice("protocol", [p.value for p in Protocol], "tcp", required=True))
     listen = _listen(table, protocol, base)
     handler = table.get("handler", str, "", required=True)
-    if handler and not re.fullmatch(r"[\w.]+:\w+", handler):
+    if handler and not _HANDLER.fullmatch(handler):
         table.problem("handler", f'expected "package.module:Class", got "{handler}"')
     concurrency = Concurrency(table.choice("concurrency", [c.value for c in Concurrency], "thread"))
     service = ServiceConfig(
@@ -158,17 +164,20 @@ def _service(table: Table, name: str, base: Path) -> ServiceConfig | None:
         workers=table.integer("workers", 1, minimum=1),
         concurrency=concurrency,
         daemon_threads=_daemon_threads(table, concurrency),
-        block_on_close=table.only_if(concurrency != Concurrency.SYNC, "block_on_close", bool, True,
-                                     'concurrency = "thread" or "fork"'),
-        max_children=table.only_if(concurrency == Concurrency.FORK, "max_children", int, 40,
-                                   'concurrency = "fork"', minimum=1),
+        block_on_close=table.only_if(
+            concurrency != Concurrency.SYNC, "block_on_close", bool, True, 'concurrency = "thread" or "fork"'
+        ),
+        max_children=table.only_if(
+            concurrency == Concurrency.FORK, "max_children", int, 40, 'concurrency = "fork"', minimum=1
+        ),
         backlog=table.only_if(protocol.is_stream, "backlog", int, 128, "stream protocols", minimum=1),
         socket_mode=_socket_mode(table, protocol),
-        max_packet_size=table.only_if(not protocol.is_stream, "max_packet_size", int, 8192,
-                                      "datagram protocols", minimum=1),
+        max_packet_size=table.only_if(
+            not protocol.is_stream, "max_packet_size", int, 8192, "datagram protocols", minimum=1
+        ),
     )
     table.finish()
-    return None if table.problems else service
+    return service, not table.problems
 
 
 def _listen(table: Table, protocol: Protocol, base: Path) -> addresses.Address:
@@ -189,7 +198,10 @@ def _daemon_threads(table: Table, concurrency: Concurrency) -> bool:
     if concurrency != Concurrency.THREAD:
         return table.only_if(False, "daemon_threads", bool, False, 'concurrency = "thread"')
     return table.get(
-        "daemon_threads", bool, False, required=True,
+        "daemon_threads",
+        bool,
+        False,
+        required=True,
         fix='required for concurrency = "thread": set false to let in-flight requests finish at '
         "stop, or true to drop them at once",
     )
@@ -211,21 +223,28 @@ def _check_duplicates(services: list[ServiceConfig], problems: Problems) -> None
             continue  # every port-0 listener gets its own ephemeral port
         key = (service.protocol.is_stream, address)
         if key in seen:
-            problems.add(f"services.{service.name}.listen",
-                         f"{address} is already used by services.{seen[key]} (give each service its own address)")
+            problems.add(
+                f"services.{service.name}.listen",
+                f"{address} is already used by services.{seen[key]} (give each service its own address)",
+            )
         seen.setdefault(key, service.name)
 
 
-def _check_handlers(services: list[ServiceConfig], pythonpath: tuple[Path, ...], problems: Problems) -> None:
-    verdicts = probe_handlers((s.handler for s in services), pythonpath)
-    for service in services:
+def _check_handlers(
+    services: list[tuple[ServiceConfig, bool]], pythonpath: tuple[Path, ...], problems: Problems
+) -> None:
+    """Import each handler in a probe process; check its family only where the protocol is valid."""
+    verdicts = probe_handlers((s.handler for s, _ in services), pythonpath)
+    for service, valid in services:
         verdict = verdicts[service.handler]
         key = f"services.{service.name}.handler"
         if verdict["error"]:
             problems.add(key, f"{verdict['error']} (check the module path and [supervisor] pythonpath)")
-        elif verdict["kind"] == "stream" and not service.protocol.is_stream:
-            problems.add(key, f"a StreamRequestHandler cannot serve protocol = \"{service.protocol}\" "
-                              "(use a DatagramRequestHandler or BaseRequestHandler)")
-        elif verdict["kind"] == "datagram" and service.protocol.is_stream:
-            problems.add(key, f"a DatagramRequestHandler cannot serve protocol = \"{service.protocol}\" "
-                              "(use a StreamRequestHandler or BaseRequestHandler)")
+        elif valid and verdict["kind"] == "stream" and not service.protocol.is_stream:
+            problems.add(key, _wrong_family("StreamRequestHandler", service, "DatagramRequestHandler"))
+        elif valid and verdict["kind"] == "datagram" and service.protocol.is_stream:
+            problems.add(key, _wrong_family("DatagramRequestHandler", service, "StreamRequestHandler"))
+
+
+def _wrong_family(kind: str, service: ServiceConfig, instead: str) -> str:
+    return f'a {kind} cannot serve protocol = "{service.protocol}" (use a {instead} or BaseRequestHandler)'

@@ -24,8 +24,17 @@ from supervisor.sockets import Listener, bind_all
 from workers import logs
 from workers.wakeup import SignalQueue
 
-MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD,
-                  signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
+MASTER_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGCHLD,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+)
 _MAX_WAIT = 1.0  # the loop wakes at least this often, events or not
 
 
@@ -92,8 +101,12 @@ class Master:
     def run(self) -> int:
         self.log.info("started", config=str(self.config.path), subreaper=become_subreaper())
         for listener in self.listeners.values():
-            self.log.info("listening", service=listener.service, address=listener.address,
-                          protocol=self._service(listener.service).protocol.value)
+            self.log.info(
+                "listening",
+                service=listener.service,
+                address=listener.address,
+                protocol=self._service(listener.service).protocol.value,
+            )
         try:
             self._tick(time.monotonic())
             while self.state is not State.STOPPED:

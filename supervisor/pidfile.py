@@ -31,8 +31,10 @@ def acquire(path: Path) -> None:
     """Record our pid in `path`; refuse if a running sockherd is recorded there already."""
     pid = read(path)
     if pid is not None and _is_live_sockherd(pid):
-        raise SockherdError(f"sockherd is already running with pid {pid} (pid file {path}); "
-                            "stop it first, or give this instance another runtime_dir")
+        raise SockherdError(
+            f"sockherd is already running with pid {pid} (pid file {path}); "
+            "stop it first, or give this instance another runtime_dir"
+        )
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     temporary.write_text(f"{os.getpid()}\n")
     os.replace(temporary, path)

@@ -58,8 +58,12 @@ class Worker:
 
     def fields(self) -> dict[str, Any]:
         """How log events name this worker (`pid` is the logging process's own)."""
-        return {"service": self.service, "worker": self.slot, "worker_pid": self.pid,
-                "generation": self.generation}
+        return {
+            "service": self.service,
+            "worker": self.slot,
+            "worker_pid": self.pid,
+            "generation": self.generation,
+        }
 
 
 @dataclass
@@ -71,9 +75,15 @@ class Slot:
 class Pool:
     """All workers of all services, and their slots."""
 
-    def __init__(self, config: Config, listeners: dict[str, Listener], lifeline_fd: int,
-                 master_signals: Iterable[signal.Signals], selector: selectors.BaseSelector,
-                 log: Any) -> None:
+    def __init__(
+        self,
+        config: Config,
+        listeners: dict[str, Listener],
+        lifeline_fd: int,
+        master_signals: Iterable[signal.Signals],
+        selector: selectors.BaseSelector,
+        log: Any,
+    ) -> None:
         self.config = config
         self.listeners = listeners
         self.lifeline_fd = lifeline_fd
@@ -123,14 +133,21 @@ class Pool:
 
     def _spec(self, service: ServiceConfig, index: int, channel_fd: int) -> WorkerSpec:
         return WorkerSpec(
-            service=service.name, slot=index, generation=self.generation,
-            protocol=service.protocol.value, concurrency=service.concurrency.value,
-            handler=service.handler, daemon_threads=service.daemon_threads,
-            block_on_close=service.block_on_close, max_children=service.max_children,
-            max_packet_size=service.max_packet_size, pythonpath=self.config.supervisor.pythonpath,
+            service=service.name,
+            slot=index,
+            generation=self.generation,
+            protocol=service.protocol.value,
+            concurrency=service.concurrency.value,
+            handler=service.handler,
+            daemon_threads=service.daemon_threads,
+            block_on_close=service.block_on_close,
+            max_children=service.max_children,
+            max_packet_size=service.max_packet_size,
+            pythonpath=self.config.supervisor.pythonpath,
             log_level=self.config.supervisor.log_level,
             listener_fd=self.listeners[service.name].sock.fileno(),
-            channel_fd=channel_fd, lifeline_fd=self.lifeline_fd,
+            channel_fd=channel_fd,
+            lifeline_fd=self.lifeline_fd,
         )
 
     def on_readable(self, worker: Worker) -> None:
@@ -158,9 +175,16 @@ class Pool:
             return False
         self._close_channel(worker)
         uptime = time.monotonic() - worker.started
-        self.log.log(20 if worker.state is WorkerState.STOPPING else 40, "worker_exited",
-                     **worker.fields(), exit_code=status.code, signal=status.signal_name,
-                     status=str(status), uptime=round(uptime, 3), state=worker.state.value)
+        self.log.log(
+            20 if worker.state is WorkerState.STOPPING else 40,
+            "worker_exited",
+            **worker.fields(),
+            exit_code=status.code,
+            signal=status.signal_name,
+            status=str(status),
+            uptime=round(uptime, 3),
+            state=worker.state.value,
+        )
         if replace and (worker.service, worker.slot) in self.slots:
             self._schedule(worker, failed=worker.state is WorkerState.BOOTING or uptime < MIN_UPTIME)
         return True
@@ -171,8 +195,13 @@ class Pool:
         wait = backoff.delay(slot.failures)
         slot.not_before = time.monotonic() + wait
         if wait:
-            self.log.warning("worker_respawn_delayed", service=worker.service, worker=worker.slot,
-                             failures=slot.failures, retry_in=round(wait, 3))
+            self.log.warning(
+                "worker_respawn_delayed",
+                service=worker.service,
+                worker=worker.slot,
+                failures=slot.failures,
+                retry_in=round(wait, 3),
+            )
 
     def stop_all(self) -> None:
         """Ask every worker to finish its in-flight requests and exit."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.addresses import InetAddress, UnixAddress
-from supervisor.config import Protocol, ServiceConfig
+from supervisor.config import ServiceConfig
 from supervisor.errors import BindError
 
 
@@ -80,8 +80,10 @@ def _bind_inet(address: InetAddress, kind: socket.SocketKind, key: str) -> socke
     try:
         infos = socket.getaddrinfo(address.host or None, address.port, type=kind, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise BindError(f"{key}: cannot resolve {address.host!r}: {exc.strerror} "
-                        "(use an IP address or a name in /etc/hosts)") from exc
+        raise BindError(
+            f"{key}: cannot resolve {address.host!r}: {exc.strerror} "
+            "(use an IP address or a name in /etc/hosts)"
+        ) from exc
     family, _, _, _, sockaddr = infos[0]
     sock = socket.socket(family, kind)
     try:
@@ -134,11 +136,9 @@ def _explain(exc: OSError, hint: str) -> str:
     if exc.errno == errno.EADDRINUSE:
         return f"address already in use ({hint})"
     if exc.errno == errno.EACCES:
-        return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE; check the directory's permissions)"
+        return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
     if exc.errno == errno.EADDRNOTAVAIL:
         return "not an address of this machine (check the host part)"
     if exc.errno == errno.ENOENT:
         return "the directory does not exist (create it or choose another path)"
     return f"{exc.strerror or exc}"
-
-

@@ -13,8 +13,14 @@ from supervisor.errors import ConfigError
 
 T = TypeVar("T")
 
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-               list: "a list", dict: "a table"}
+_TYPE_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "a table",
+}
 
 
 class Problems:
@@ -64,7 +70,7 @@ class Table:
     def problem(self, key: str, message: str) -> None:
         self.all_problems.add(self.path(key), message)
 
-    def keys(self) -> list[str]:
+    def names(self) -> list[str]:
         self.known.update(self.data)
         return list(self.data)
 
@@ -87,7 +93,7 @@ class Table:
         if type(value) is not kind:
             self.problem(key, f"expected {_TYPE_NAMES[kind]}, got {_type_name(value)} {value!r}")
             return default
-        return value  # type: ignore[no-any-return]
+        return value
 
     def choice(self, key: str, choices: Sequence[str], default: str, *, required: bool = False) -> str:
         listed = ", ".join(f'"{c}"' for c in choices)
@@ -104,8 +110,9 @@ class Table:
             return default
         return value
 
-    def only_if(self, applies: bool, key: str, kind: type[T], default: T, what: str,
-                minimum: int | None = None) -> T:
+    def only_if(
+        self, applies: bool, key: str, kind: type[T], default: T, what: str, minimum: int | None = None
+    ) -> T:
         """Read a key that means something only when `applies`; elsewhere it is a mistake."""
         if not applies:
             if key in self.data:

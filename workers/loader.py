@@ -52,6 +52,6 @@ def handler_kind(handler: HandlerClass) -> str:
 def _describe(exc: BaseException) -> str:
     """One line: the exception and where the handler's own code raised it."""
     frames = traceback.extract_tb(exc.__traceback__)
-    own = [f for f in frames if "importlib" not in f.filename]
+    own = [f for f in frames if "importlib" not in f.filename and f.filename != __file__]
     where = f" (at {own[-1].filename}:{own[-1].lineno})" if own else ""
     return f"{type(exc).__name__}: {exc}{where}"

@@ -28,7 +28,7 @@ class FdLogger:
         data = (message + "\n").encode("utf-8", "replace")
         try:
             while data:
-                data = data[os.write(self.fd, data):]
+                data = data[os.write(self.fd, data) :]
         except OSError:
             pass  # logging must never take a process down: a closed stderr loses the line only
 

@@ -50,8 +50,9 @@ class WorkerSpec:
 
 def worker_main(spec: WorkerSpec) -> int:
     """Run one worker to completion and return its exit code."""
-    logs.configure(spec.log_level, role="worker", service=spec.service, worker=spec.slot,
-                   generation=spec.generation)
+    logs.configure(
+        spec.log_level, role="worker", service=spec.service, worker=spec.slot, generation=spec.generation
+    )
     output.capture_stdio()
     signals = SignalQueue((*_STOP_SIGNALS, signal.SIGHUP))
     try:

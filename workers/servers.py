@@ -24,15 +24,16 @@ from workers.logs import get_logger
 
 # Errors that mean "the client went away": expected under load, logged without a traceback.
 CLIENT_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
+_Socket = socket.socket  # the class body below has an attribute named `socket`
 
 
 class Adoptable(socketserver.BaseServer):
     """Mixin: adopt an inherited socket; log handler errors as events."""
 
-    socket: socket.socket
+    socket: _Socket
 
     @classmethod
-    def from_socket(cls, sock: socket.socket, RequestHandlerClass: Any) -> Self:  # noqa: N803 (stdlib name)
+    def from_socket(cls, sock: _Socket, RequestHandlerClass: Any) -> Self:  # noqa: N803 (stdlib name)
         """Serve on `sock`, which is bound (and, for streams, listening) already.
 
         Never binds or listens again: `listen()` on a shared socket would shrink the backlog of
