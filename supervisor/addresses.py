@@ -51,7 +51,7 @@ def parse_inet(text: str) -> InetAddress:
         _check_ipv6(host, text)
     elif ":" in host:
         raise ValueError(f'IPv6 addresses need brackets: write "[{host}]:{port_text}"')
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise ValueError(f'port must be a number from 0 to 65535, got "{port_text}"')
     return InetAddress(host, int(port_text))
 
@@ -67,6 +67,8 @@ def parse_unix(text: str, base: Path) -> UnixAddress:
     """Parse a socket path; a relative one is taken from `base` (the config file's directory)."""
     if not text:
         raise ValueError("expected a filesystem path for the socket file")
+    if "\0" in text:
+        raise ValueError("a socket path cannot contain a NUL character")
     path = base / text
     if len(str(path).encode()) > UNIX_PATH_MAX:
         raise ValueError(f"socket path {path} is longer than {UNIX_PATH_MAX} bytes (use a shorter path)")

@@ -117,7 +117,7 @@ def _read_toml(path: Path, problems: Problems) -> dict[str, object]:
 def _supervisor(table: Table, base: Path) -> SupervisorConfig:
     runtime_dir = table.get("runtime_dir", str, None)
     graceful_timeout = table.get("graceful_timeout", float, 30.0)
-    if graceful_timeout < 0:
+    if not graceful_timeout >= 0:  # also refuses nan
         table.problem("graceful_timeout", f"must be 0 or more seconds, got {graceful_timeout}")
     log_level = table.choice("log_level", LOG_LEVELS, "info")
     pythonpath = table.get("pythonpath", list, [])
@@ -151,39 +151,55 @@ def _services(table: Table, base: Path) -> list[tuple[ServiceConfig, bool]]:
 
 def _service(table: Table, name: str, base: Path) -> tuple[ServiceConfig, bool]:
     protocol = Protocol(table.choice("protocol", [p.value for p in Protocol], "tcp", required=True))
-    listen = _listen(table, protocol, base)
-    handler = table.get("handler", str, "", required=True)
-    if handler and not _HANDLER.fullmatch(handler):
-        table.problem("handler", f'expected "package.module:Class", got "{handler}"')
     concurrency = Concurrency(table.choice("concurrency", [c.value for c in Concurrency], "thread"))
+    # Keys that depend on an invalid protocol or concurrency are read, not refused: one mistake,
+    # one line.
+    known_protocol = table.data.get("protocol") in tuple(Protocol)
+    known_concurrency = table.data.get("concurrency", "thread") in tuple(Concurrency)
+    stream = protocol.is_stream or not known_protocol
+    datagram = not protocol.is_stream or not known_protocol
+    handler = table.get("handler", str, "", required=True)
+    if isinstance(table.data.get("handler"), str) and not _HANDLER.fullmatch(handler):
+        table.problem("handler", f'expected "package.module:Class", got "{handler}"')
     service = ServiceConfig(
         name=name,
         protocol=protocol,
-        listen=listen,
+        listen=_listen(table, protocol if known_protocol else None, base),
         handler=handler,
         workers=table.integer("workers", 1, minimum=1),
         concurrency=concurrency,
-        daemon_threads=_daemon_threads(table, concurrency),
+        daemon_threads=_daemon_threads(table, concurrency, known_concurrency),
         block_on_close=table.only_if(
-            concurrency != Concurrency.SYNC, "block_on_close", bool, True, 'concurrency = "thread" or "fork"'
+            concurrency != Concurrency.SYNC or not known_concurrency,
+            "block_on_close",
+            bool,
+            True,
+            'concurrency = "thread" or "fork"',
         ),
         max_children=table.only_if(
-            concurrency == Concurrency.FORK, "max_children", int, 40, 'concurrency = "fork"', minimum=1
+            concurrency == Concurrency.FORK or not known_concurrency,
+            "max_children",
+            int,
+            40,
+            'concurrency = "fork"',
+            minimum=1,
         ),
-        backlog=table.only_if(protocol.is_stream, "backlog", int, 128, "stream protocols", minimum=1),
-        socket_mode=_socket_mode(table, protocol),
+        backlog=table.only_if(stream, "backlog", int, 128, "stream protocols", minimum=1),
+        socket_mode=_socket_mode(table, protocol.is_unix or not known_protocol),
         max_packet_size=table.only_if(
-            not protocol.is_stream, "max_packet_size", int, 8192, "datagram protocols", minimum=1
+            datagram, "max_packet_size", int, 8192, "datagram protocols", minimum=1
         ),
     )
     table.finish()
     return service, not table.problems
 
 
-def _listen(table: Table, protocol: Protocol, base: Path) -> addresses.Address:
+def _listen(table: Table, protocol: Protocol | None, base: Path) -> addresses.Address:
+    """Parse `listen` by the protocol's rules; with no valid protocol there are no rules to apply."""
     text = table.get("listen", str, "", required=True)
     placeholder = addresses.InetAddress("", 0)
-    if not text:
+    missing = not text and table.data.get("listen") != ""  # missing or mistyped: already reported
+    if protocol is None or missing:
         return placeholder
     try:
         if protocol.is_unix:
@@ -194,7 +210,9 @@ def _listen(table: Table, protocol: Protocol, base: Path) -> addresses.Address:
         return placeholder
 
 
-def _daemon_threads(table: Table, concurrency: Concurrency) -> bool:
+def _daemon_threads(table: Table, concurrency: Concurrency, known: bool) -> bool:
+    if not known:
+        return table.get("daemon_threads", bool, False)
     if concurrency != Concurrency.THREAD:
         return table.only_if(False, "daemon_threads", bool, False, 'concurrency = "thread"')
     return table.get(
@@ -207,8 +225,8 @@ def _daemon_threads(table: Table, concurrency: Concurrency) -> bool:
     )
 
 
-def _socket_mode(table: Table, protocol: Protocol) -> int:
-    text = table.only_if(protocol.is_unix, "socket_mode", str, "0660", "unix protocols")
+def _socket_mode(table: Table, unix: bool) -> int:
+    text = table.only_if(unix, "socket_mode", str, "0660", "unix protocols")
     if not re.fullmatch(r"0?[0-7]{3}", text):
         table.problem("socket_mode", f'expected an octal mode string such as "0660", got "{text}"')
         return 0o660

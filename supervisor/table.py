@@ -31,7 +31,9 @@ class Problems:
         self.lines: list[str] = []
 
     def add(self, key: str, message: str) -> None:
-        self.lines.append(f"{self.filename}: {key}: {message}" if key else f"{self.filename}: {message}")
+        line = f"{self.filename}: {key}: {message}" if key else f"{self.filename}: {message}"
+        # One line per problem even when a value holds a newline: show control characters escaped.
+        self.lines.append("".join(c if c.isprintable() else repr(c)[1:-1] for c in line))
 
     def raise_now(self, message: str) -> NoReturn:
         self.add("", message)
