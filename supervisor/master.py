@@ -148,6 +148,7 @@ class Master:
         self.move_to(State.DRAINING)
         self.deadline = time.monotonic() + timeout
         self.pool.stop_all()
+        self._close_listeners()
 
     def _kill(self, reason: str) -> None:
         if self.state in (State.KILLING, State.STOPPED):
@@ -156,6 +157,14 @@ class Master:
         self.move_to(State.KILLING)
         self.pool.kill_all()
         self._kill_orphans()
+        self._close_listeners()
+
+    def _close_listeners(self) -> None:
+        """Nothing will be spawned any more: drop the master's copies, so that once the workers
+        have closed theirs new clients are refused at once instead of waiting in a queue that
+        nobody serves and is reset at exit."""
+        for listener in self.listeners.values():
+            listener.close()
 
     def _tick(self, now: float) -> None:
         if self.state is State.RUNNING:

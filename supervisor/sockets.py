@@ -41,6 +41,7 @@ class Listener:
         self.sock.close()
         if self.created:
             path, inode = self.created
+            self.created = None
             with contextlib.suppress(OSError):
                 if os.lstat(path).st_ino == inode:
                     path.unlink()

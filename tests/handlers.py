@@ -1,0 +1,77 @@
+"""Request handlers used by the tests; configs name them as "handlers:Class" with tests/ on pythonpath.
+
+Protocol of the stream handlers: one command line per request, one reply line.
+"""
+
+from __future__ import annotations
+
+import os
+import socketserver
+import time
+
+# Lets a test see which processes imported this module (the master never should).
+if _import_log := os.environ.get("SOCKHERD_TEST_IMPORT_LOG"):
+    with open(_import_log, "a") as _file:
+        _file.write(f"{os.getpid()}\n")
+
+
+def _reply(command: bytes) -> bytes:
+    """`sleep N` sleeps N seconds; `boom` raises; `pid` answers pid and ppid; else echo."""
+    word, _, argument = command.strip().partition(b" ")
+    if word == b"sleep":
+        time.sleep(float(argument))
+        return b"slept\n"
+    if word == b"boom":
+        raise RuntimeError("boom requested by the test")
+    if word == b"pid":
+        return f"{os.getpid()} {os.getppid()}\n".encode()
+    return command
+
+
+class CommandStreamHandler(socketserver.StreamRequestHandler):
+    """Answer each command line until the client closes."""
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(_reply(line))
+
+
+class CommandDatagramHandler(socketserver.DatagramRequestHandler):
+    """Answer the command in each datagram."""
+
+    def handle(self) -> None:
+        self.wfile.write(_reply(self.rfile.read()))
+
+
+class NotAHandler:
+    """A class that is not a request handler, for config validation tests."""
+
+
+def _flood(wfile: object, size: int) -> None:
+    """Send `size` bytes in chunks, so a client that resets mid-way makes the send fail."""
+    chunk = b"x" * 65536
+    while size > 0:
+        wfile.write(chunk[:size])  # type: ignore[attr-defined]
+        size -= len(chunk)
+
+
+class LifecycleStreamHandler(socketserver.StreamRequestHandler):
+    """The commands of CommandStreamHandler, plus for lifecycle tests: `mark PATH N` creates PATH
+    (the request is in flight) then sleeps N seconds and answers "slept"; `exit N` ends the serving
+    process with os._exit(N); `flood N` sends N bytes."""
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            word, _, argument = line.strip().partition(b" ")
+            if word == b"mark":
+                path, _, seconds = argument.rpartition(b" ")
+                with open(path, "w"):
+                    pass
+                time.sleep(float(seconds))
+                self.wfile.write(b"slept\n")
+            elif word == b"exit":
+                os._exit(int(argument))
+            elif word == b"flood":
+                _flood(self.wfile, int(argument))
+            else:
+                self.wfile.write(_reply(line))
