@@ -97,8 +97,11 @@ class Daemon:
 
     def wait_for(self, event: str, count: int = 1, timeout: float = DEADLINE, **match: Any) -> dict[str, Any]:
         """Wait until `count` events named `event` (matching `match`) were logged; return the last."""
-        found = wait_until(lambda: len(self.events(event, **match)) >= count and self.events(event, **match),
-                           timeout, f"{count}x {event} {match} (log: {self.log_path})")
+        found = wait_until(
+            lambda: len(self.events(event, **match)) >= count and self.events(event, **match),
+            timeout,
+            f"{count}x {event} {match} (log: {self.log_path})",
+        )
         return found[count - 1]  # type: ignore[no-any-return]
 
     def address(self, service_name: str) -> Any:
@@ -153,8 +156,12 @@ class Launcher:
         self.count = 0
 
     def supervisor_defaults(self) -> dict[str, Any]:
-        return {"runtime_dir": str(self.tmp_path / "run"), "pythonpath": [str(TESTS_DIR)],
-                "graceful_timeout": 10.0, "log_level": "debug"}
+        return {
+            "runtime_dir": str(self.tmp_path / "run"),
+            "pythonpath": [str(TESTS_DIR)],
+            "graceful_timeout": 10.0,
+            "log_level": "debug",
+        }
 
     def write(self, services: dict[str, dict[str, Any]], **supervisor: Any) -> Path:
         self.count += 1
@@ -162,13 +169,19 @@ class Launcher:
         path.write_text(render_config(services, {**self.supervisor_defaults(), **supervisor}))
         return path
 
-    def start_file(self, config_path: Path, wait_ready: bool = True, env: dict[str, str] | None = None) -> Daemon:
+    def start_file(
+        self, config_path: Path, wait_ready: bool = True, env: dict[str, str] | None = None
+    ) -> Daemon:
         log_path = config_path.with_suffix(".log")
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "supervisor", "run", "-c", str(config_path)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                env={**os.environ, **(env or {})}, cwd=self.tmp_path,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+                cwd=self.tmp_path,
             )
         daemon = Daemon(proc, log_path, config_path)
         self.daemons.append(daemon)
@@ -177,8 +190,13 @@ class Launcher:
             daemon.known_pids.update(p.pid for p in daemon.tree())
         return daemon
 
-    def start(self, services: dict[str, dict[str, Any]], wait_ready: bool = True,
-              env: dict[str, str] | None = None, **supervisor: Any) -> Daemon:
+    def start(
+        self,
+        services: dict[str, dict[str, Any]],
+        wait_ready: bool = True,
+        env: dict[str, str] | None = None,
+        **supervisor: Any,
+    ) -> Daemon:
         return self.start_file(self.write(services, **supervisor), wait_ready, env)
 
     def cleanup(self) -> None:
@@ -198,5 +216,11 @@ def sockherd(tmp_path: Path) -> Iterator[Launcher]:
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run `python -m supervisor ARGS` to completion."""
-    return subprocess.run([sys.executable, "-m", "supervisor", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )

@@ -280,7 +280,7 @@ class TestGracefulStop:
         assert not daemon.events("graceful_timeout_expired")
 
     def test_new_connections_refused_after_stop_begins(self, sockherd: Launcher, tmp_path: Path) -> None:
-        """Once the workers stopped accepting, a new client is refused at once; the in-flight one is served."""
+        """Once the workers stopped accepting, a new client is refused; the in-flight one is served."""
         daemon = sockherd.start({"svc": lifecycle()})
         address = daemon.address("svc")
         with in_flight(daemon, tmp_path / "started", 2) as client:

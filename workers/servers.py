@@ -23,7 +23,14 @@ from typing import Any, Self
 from workers.logs import get_logger
 
 # Errors that mean "the client went away": expected under load, logged without a traceback.
-CLIENT_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
+# ConnectionRefusedError is a Unix datagram client that closed before its reply was sent.
+CLIENT_GONE = (
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+    ConnectionRefusedError,
+    TimeoutError,
+)
 _Socket = socket.socket  # the class body below has an attribute named `socket`
 
 
