@@ -11,7 +11,6 @@ import os
 import selectors
 import signal
 import time
-from typing import Any
 
 import psutil
 
@@ -92,6 +91,7 @@ class Master:
         self.lifeline_r, self.lifeline_w = os.pipe2(os.O_CLOEXEC)
         self.pool = Pool(config, listeners, self.lifeline_r, MASTER_SIGNALS, self.selector, self.log)
         self.announced_ready = False
+        self.protocols = {s.name: s.protocol.value for s in config.services}
 
     def move_to(self, state: State) -> None:
         if state not in _TRANSITIONS[self.state]:
@@ -105,7 +105,7 @@ class Master:
                 "listening",
                 service=listener.service,
                 address=listener.address,
-                protocol=self._service(listener.service).protocol.value,
+                protocol=self.protocols[listener.service],
             )
         try:
             self._tick(time.monotonic())
@@ -122,12 +122,11 @@ class Master:
         self.log.info("stopped")
         return ExitCode.OK
 
-    def _service(self, name: str) -> Any:
-        return next(s for s in self.config.services if s.name == name)
-
     def _wait(self) -> None:
         now = time.monotonic()
-        deadlines = [now + _MAX_WAIT, self.pool.next_deadline() or now + _MAX_WAIT]
+        deadlines = [now + _MAX_WAIT]
+        if self.state is State.RUNNING and (refill := self.pool.next_deadline()) is not None:
+            deadlines.append(refill)
         if self.state is State.DRAINING:
             deadlines.append(self.deadline)
         for key, _ in self.selector.select(timeout=max(0.0, min(deadlines) - now)):

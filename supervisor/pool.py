@@ -111,7 +111,24 @@ class Pool:
             for index in range(service.workers):
                 slot = self.slots[service.name, index]
                 if (service.name, index) not in filled and now >= slot.not_before:
-                    self.spawn(service, index)
+                    self._try_spawn(service, index, slot)
+
+    def _try_spawn(self, service: ServiceConfig, index: int, slot: Slot) -> None:
+        """Spawn into a slot; a fork refused by the system (EAGAIN, ENOMEM) is retried later."""
+        try:
+            self.spawn(service, index)
+        except OSError as exc:
+            slot.failures += 1
+            wait = backoff.delay(slot.failures)
+            slot.not_before = time.monotonic() + wait
+            self.log.error(
+                "spawn_failed",
+                service=service.name,
+                worker=index,
+                error=str(exc),
+                failures=slot.failures,
+                retry_in=round(wait, 3),
+            )
 
     def next_deadline(self) -> float | None:
         """When the earliest delayed slot may be refilled."""
@@ -121,9 +138,13 @@ class Pool:
 
     def spawn(self, service: ServiceConfig, index: int) -> Worker:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        spec = self._spec(service, index, write_fd)
-        pid = fork_worker(spec, self.master_signals)
-        os.close(write_fd)
+        try:
+            pid = fork_worker(self._spec(service, index, write_fd), self.master_signals)
+        except OSError:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
         os.set_blocking(read_fd, False)
         worker = Worker(pid, service.name, index, self.generation, read_fd)
         self.workers[pid] = worker

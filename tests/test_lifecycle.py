@@ -390,6 +390,20 @@ class TestMasterDeath:
             wait_until(lambda: _can_listen(address), timeout=2, what="the port to be free")
             assert read_to_end(client) == b""
 
+    @pytest.mark.parametrize("concurrency", ["thread", "sync"])
+    def test_draining_workers_exit_within_2s(
+        self, sockherd: Launcher, tmp_path: Path, concurrency: str
+    ) -> None:
+        """A worker draining a long request still notices its master's death and exits within 2 s."""
+        daemon = sockherd.start({"svc": lifecycle(concurrency)})
+        with in_flight(daemon, tmp_path / "started", 60) as client:
+            pids = tree_pids(daemon) - {daemon.pid}
+            daemon.send(signal.SIGTERM)
+            daemon.wait_for("worker_stopping")
+            daemon.send(signal.SIGKILL)
+            all_gone(pids, timeout=2)
+            assert read_to_end(client) == b""
+
 
 class TestHandlerErrors:
     """Handler exceptions are one logged event that spares the worker; client resets are debug noise."""

@@ -98,6 +98,7 @@ class Worker:
         self.signals = signals
         self.log = logs.get_logger()
         self.serving = threading.Thread(target=self._serve, name="serve", daemon=True)
+        self.draining: threading.Thread | None = None
 
     def _serve(self) -> None:
         try:
@@ -106,6 +107,7 @@ class Worker:
             self.log.critical("serve_loop_failed", exc_info=True)
 
     def run(self) -> int:
+        """Serve until stopped; the main thread keeps watching signals and the master meanwhile."""
         self.serving.start()
         channel.send(self.spec.channel_fd, "ready")
         self.log.info("worker_ready", handler=self.spec.handler, concurrency=self.spec.concurrency)
@@ -113,32 +115,34 @@ class Worker:
             selector.register(self.signals.fileno(), selectors.EVENT_READ)
             selector.register(self.spec.lifeline_fd, selectors.EVENT_READ)
             while True:
-                ready = {key.fd for key, _ in selector.select(timeout=1.0)}
+                ready = {key.fd for key, _ in selector.select(timeout=0.1 if self.draining else 1.0)}
                 if self.spec.lifeline_fd in ready and not os.read(self.spec.lifeline_fd, 64):
                     self._orphaned()
                 for signum in self.signals.drain():
-                    if signum == signal.SIGQUIT:
-                        return self._stop_now()
+                    if signum == signal.SIGQUIT or (signum != signal.SIGHUP and self.draining):
+                        self.log.info("worker_stopping", signal=signum.name, immediate=True)
+                        return 0
                     if signum != signal.SIGHUP:
-                        return self._stop_gracefully(signum)
-                if not self.serving.is_alive():
+                        self._start_draining(signum)
+                if self.draining and not self.draining.is_alive():
+                    self.log.info("worker_stopped")
+                    return 0
+                if not self.draining and not self.serving.is_alive():
                     return 1
 
-    def _stop_gracefully(self, signum: signal.Signals) -> int:
-        """Stop accepting, let in-flight requests finish as the stdlib would at exit, return 0."""
+    def _start_draining(self, signum: signal.Signals) -> None:
         self.log.info("worker_stopping", signal=signum.name, daemon_threads=self.spec.daemon_threads)
+        self.draining = threading.Thread(target=self._drain, name="drain", daemon=True)
+        self.draining.start()
+
+    def _drain(self) -> None:
+        """Stop accepting, then let in-flight requests finish as the stdlib would at exit."""
         self.server.shutdown()
         self.server.server_close()  # joins threads / waits for children when block_on_close
         for thread in threading.enumerate():
             # What the interpreter does at exit, which os._exit skips: wait for non-daemon threads.
-            if thread is not threading.main_thread() and not thread.daemon:
+            if not (thread.daemon or thread is threading.main_thread()):
                 thread.join()
-        self.log.info("worker_stopped")
-        return 0
-
-    def _stop_now(self) -> int:
-        self.log.info("worker_stopping", signal="SIGQUIT", immediate=True)
-        return 0
 
     def _orphaned(self) -> None:
         """The master is gone: nobody supervises this process; take it and its children down."""
