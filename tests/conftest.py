@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -202,6 +204,16 @@ class Launcher:
     def cleanup(self) -> None:
         for daemon in self.daemons:
             daemon.kill()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path, for Unix sockets (sun_path holds 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="shk-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

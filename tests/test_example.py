@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import tomllib
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +17,6 @@ import pytest
 from tests.conftest import TESTS_DIR, Launcher, render_config
 
 EXAMPLE = TESTS_DIR.parent / "etc" / "sockherd.toml"
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A short directory for Unix socket paths (sun_path holds 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="shx-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def example_on_free_addresses(sockherd: Launcher, short_dir: Path) -> Path:

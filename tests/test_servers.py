@@ -8,7 +8,6 @@ import shutil
 import socket
 import socketserver
 import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,16 +85,6 @@ class CommandDatagram(socketserver.DatagramRequestHandler):
 
     def handle(self) -> None:
         self.wfile.write(_command(self.rfile.read(), self.socket))
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory with a short path, for Unix sockets (sun_path holds 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="shs-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import signal
 import socket
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,16 +22,6 @@ PROTOCOLS = ("tcp", "udp", "unix-stream", "unix-dgram")
 CONCURRENCIES = ("sync", "thread", "fork")
 STREAM = ("tcp", "unix-stream")
 _client_names = itertools.count()
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory with a short path, for Unix sockets (sun_path holds 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="shk-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def listen_key(protocol: str, directory: Path) -> dict[str, Any]:
