@@ -66,6 +66,7 @@ class SupervisorConfig:
     graceful_timeout: float = 30.0
     log_level: str = "info"
     pythonpath: tuple[Path, ...] = ()
+    reload_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,9 @@ def _supervisor(table: Table, base: Path) -> SupervisorConfig:
     graceful_timeout = table.get("graceful_timeout", float, 30.0)
     if not graceful_timeout >= 0:  # also refuses nan
         table.problem("graceful_timeout", f"must be 0 or more seconds, got {graceful_timeout}")
+    reload_timeout = table.get("reload_timeout", float, 60.0)
+    if not reload_timeout > 0:  # also refuses nan
+        table.problem("reload_timeout", f"must be more than 0 seconds, got {reload_timeout}")
     log_level = table.choice("log_level", LOG_LEVELS, "info")
     pythonpath = table.get("pythonpath", list, [])
     if not all(isinstance(p, str) for p in pythonpath):
@@ -130,6 +134,7 @@ def _supervisor(table: Table, base: Path) -> SupervisorConfig:
         graceful_timeout=graceful_timeout,
         log_level=log_level,
         pythonpath=tuple(base / p for p in pythonpath),
+        reload_timeout=reload_timeout,
     )
 
 

@@ -1,7 +1,7 @@
 """The master: owns the listeners, supervises the pools, never serves a request.
 
-Its loop only dispatches: wait for an event, handle signals, reap, then reconcile the pools
-(or advance the stop). Each of those lives in its own module.
+Its loop only dispatches: wait for an event, handle signals, reap, then advance whatever is
+under way (keeping the pools full, a reload, a stop). Each of those lives in its own module.
 """
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ import os
 import selectors
 import signal
 import time
+from collections.abc import Iterable
+from pathlib import Path
 
 import psutil
 
-from supervisor import pidfile
+from supervisor import pidfile, reload
 from supervisor.config import Config
-from supervisor.errors import ExitCode, SockherdError
-from supervisor.pool import Pool, Worker
-from supervisor.reap import become_subreaper, reap
+from supervisor.errors import ConfigError, ExitCode, SockherdError
+from supervisor.pool import Generation, Pool, Worker
+from supervisor.reap import ExitStatus, become_subreaper, reap
 from supervisor.sockets import Listener, bind_all
 from workers import logs
 from workers.wakeup import SignalQueue
@@ -39,13 +41,15 @@ _MAX_WAIT = 1.0  # the loop wakes at least this often, events or not
 
 class State(enum.Enum):
     RUNNING = "running"
+    RELOADING = "reloading"  # a candidate generation is booting; the running one still serves
     DRAINING = "draining"  # workers finish in-flight requests until graceful_timeout
     KILLING = "killing"  # everything left is being killed
     STOPPED = "stopped"
 
 
 _TRANSITIONS = {
-    State.RUNNING: {State.DRAINING, State.KILLING},
+    State.RUNNING: {State.RELOADING, State.DRAINING, State.KILLING},
+    State.RELOADING: {State.RUNNING, State.DRAINING, State.KILLING},
     State.DRAINING: {State.KILLING, State.STOPPED},
     State.KILLING: {State.STOPPED},
     State.STOPPED: set(),
@@ -55,33 +59,27 @@ _TRANSITIONS = {
 def run(config: Config) -> int:
     """Bind, supervise until stopped, clean up; return the exit status."""
     log = logs.get_logger()
-    runtime_dir = config.supervisor.runtime_dir
-    pid_path = runtime_dir / "sockherd.pid"
+    pid_path = config.supervisor.runtime_dir / "sockherd.pid"
     try:
-        runtime_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        pid_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         pidfile.acquire(pid_path)
     except (OSError, SockherdError) as exc:
         log.critical("start_failed", error=str(exc))
         return ExitCode.FAILURE
     try:
         listeners = bind_all(config.services, hint=f"another sockherd? see {pid_path}")
+        return Master(config, listeners, pid_path).run()
     except SockherdError as exc:
         log.critical("start_failed", error=str(exc))
-        pidfile.release(pid_path)
         return ExitCode.FAILURE
-    try:
-        return Master(config, listeners).run()
     finally:
-        for listener in listeners.values():
-            listener.close()
         pidfile.release(pid_path)
 
 
 class Master:
-    def __init__(self, config: Config, listeners: dict[str, Listener]) -> None:
-        self.config = config
-        self.listeners = listeners
+    def __init__(self, config: Config, listeners: dict[str, Listener], pid_path: Path) -> None:
         self.log = logs.get_logger()
+        self.pid_path = pid_path
         self.state = State.RUNNING
         self.deadline = 0.0
         self.signals = SignalQueue(MASTER_SIGNALS)
@@ -89,9 +87,18 @@ class Master:
         self.selector.register(self.signals.fileno(), selectors.EVENT_READ)
         # Workers hold the read end; when the master dies, however it dies, they read EOF.
         self.lifeline_r, self.lifeline_w = os.pipe2(os.O_CLOEXEC)
-        self.pool = Pool(config, listeners, self.lifeline_r, MASTER_SIGNALS, self.selector, self.log)
+        self.pool = Pool(
+            Generation(1, config, listeners), self.lifeline_r, MASTER_SIGNALS, self.selector, self.log
+        )
+        self.reload: reload.Reload | None = None
+        self.reload_queued = False
+        self.last_generation = 1
+        self.retiring: list[Listener] = []  # replaced listeners, closed once no worker serves on them
         self.announced_ready = False
-        self.protocols = {s.name: s.protocol.value for s in config.services}
+
+    @property
+    def config(self) -> Config:
+        return self.pool.current.config
 
     def move_to(self, state: State) -> None:
         if state not in _TRANSITIONS[self.state]:
@@ -100,13 +107,7 @@ class Master:
 
     def run(self) -> int:
         self.log.info("started", config=str(self.config.path), subreaper=become_subreaper())
-        for listener in self.listeners.values():
-            self.log.info(
-                "listening",
-                service=listener.service,
-                address=listener.address,
-                protocol=self.protocols[listener.service],
-            )
+        self._announce(self.pool.current, self.pool.current.listeners.values())
         try:
             self._tick(time.monotonic())
             while self.state is not State.STOPPED:
@@ -114,18 +115,30 @@ class Master:
                 for signum in self.signals.drain():
                     self._on_signal(signum)
                 for status in reap():
-                    if not self.pool.on_exit(status, replace=self.state is State.RUNNING):
-                        self.log.debug("child_reaped", child_pid=status.pid, status=str(status))
+                    self._on_exit(status)
                 self._tick(time.monotonic())
         finally:
             self._close()
         self.log.info("stopped")
         return ExitCode.OK
 
+    def _announce(self, generation: Generation, listeners: Iterable[Listener]) -> None:
+        """Log where each of `listeners` (bound for `generation`) listens."""
+        announced = list(listeners)
+        for service in generation.config.services:
+            listener = generation.listeners[service.name]
+            if listener in announced:
+                self.log.info(
+                    "listening",
+                    service=service.name,
+                    address=listener.address,
+                    protocol=service.protocol.value,
+                )
+
     def _wait(self) -> None:
         now = time.monotonic()
         deadlines = [now + _MAX_WAIT]
-        if self.state is State.RUNNING and (refill := self.pool.next_deadline()) is not None:
+        if self.state in (State.RUNNING, State.RELOADING) and (refill := self.pool.next_deadline()):
             deadlines.append(refill)
         if self.state is State.DRAINING:
             deadlines.append(self.deadline)
@@ -135,15 +148,108 @@ class Master:
 
     def _on_signal(self, signum: signal.Signals) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
-            self._drain(signum) if self.state is State.RUNNING else self._kill(f"second {signum.name}")
+            if self.state in (State.RUNNING, State.RELOADING):
+                self._drain(signum)
+            else:
+                self._kill(f"second {signum.name}")
         elif signum == signal.SIGQUIT:
             self._kill("SIGQUIT")
+        elif signum == signal.SIGHUP:
+            self._on_sighup()
+        elif signum in (signal.SIGTTIN, signal.SIGTTOU):
+            self._scale(+1 if signum == signal.SIGTTIN else -1)
         elif signum != signal.SIGCHLD:
             self.log.warning("signal_ignored", signal=signum.name)
+
+    def _on_exit(self, status: ExitStatus) -> None:
+        worker = self.pool.on_exit(status, replace=self.state in (State.RUNNING, State.RELOADING))
+        if worker is None:
+            self.log.debug("child_reaped", child_pid=status.pid, status=str(status))
+        elif self.reload and worker.generation == self.reload.generation.number:
+            self._abandon_reload("boot_failed", worker_pid=worker.pid, status=str(status))
+
+    # Reload ---------------------------------------------------------------------------------
+
+    def _on_sighup(self) -> None:
+        if self.state is State.RUNNING:
+            self._start_reload()
+        elif self.state is State.RELOADING:
+            self.reload_queued = True
+            self.log.info("reload_queued")
+
+    def _start_reload(self) -> None:
+        number = self.last_generation + 1
+        self.log.info("reload_started", generation=number, config=str(self.config.path))
+        try:
+            self.reload = reload.prepare(self.pool.current, self.config.path, number, f"see {self.pid_path}")
+        except ConfigError as exc:
+            self.log.error("reload_failed", generation=number, reason="invalid_config", problems=exc.problems)
+            return
+        except SockherdError as exc:
+            self.log.error("reload_failed", generation=number, reason="bind_failed", error=str(exc))
+            return
+        self.last_generation = number
+        self.move_to(State.RELOADING)
+        self._announce(self.reload.generation, self.reload.fresh)
+        try:
+            for service, index in self.reload.generation.wanted():
+                self.pool.spawn(self.reload.generation, service, index)
+        except OSError as exc:
+            self._abandon_reload("spawn_failed", error=str(exc))
+
+    def _advance_reload(self, now: float) -> None:
+        assert self.reload is not None
+        if self.pool.all_ready(self.reload.generation):
+            self._commit_reload()
+        elif now >= self.reload.deadline:
+            self._abandon_reload(
+                "timeout", reload_timeout=self.reload.generation.config.supervisor.reload_timeout
+            )
+
+    def _commit_reload(self) -> None:
+        """The candidate is serving: retire the running generation and its replaced listeners."""
+        assert self.reload is not None
+        old, new = self.pool.current, self.reload.generation
+        reload.apply_socket_options(new)
+        self.pool.current = new
+        self.pool.stop_all(below=new.number)
+        kept = list(new.listeners.values())
+        self.retiring += [listener for listener in old.listeners.values() if listener not in kept]
+        if new.config.supervisor.log_level != old.config.supervisor.log_level:
+            logs.configure(new.config.supervisor.log_level, role="master")
+        for key in reload.supervisor_changes(old.config, new.config):
+            self.log.warning("restart_required", key=key)
+        self.log.info(
+            "reload_done", generation=new.number, duration=round(time.monotonic() - self.reload.started, 3)
+        )
+        self._end_reload()
+
+    def _abandon_reload(self, reason: str, **fields: object) -> None:
+        """The candidate failed: kill it and close what was bound for it; nothing else changes."""
+        assert self.reload is not None
+        self.pool.kill_all(generation=self.reload.generation.number)
+        for listener in self.reload.fresh:
+            listener.close()
+        self.log.error("reload_failed", generation=self.reload.generation.number, reason=reason, **fields)
+        self._end_reload()
+
+    def _end_reload(self) -> None:
+        self.reload = None
+        if self.state is State.RELOADING:
+            self.move_to(State.RUNNING)
+
+    def _scale(self, step: int) -> None:
+        sizes = self.pool.current.sizes
+        for name in sizes:
+            sizes[name] = max(1, sizes[name] + step)
+            self.log.info("scaled", service=name, workers=sizes[name])
+
+    # Stop -----------------------------------------------------------------------------------
 
     def _drain(self, signum: signal.Signals) -> None:
         timeout = self.config.supervisor.graceful_timeout
         self.log.info("stopping", signal=signum.name, graceful=True, graceful_timeout=timeout)
+        self.reload = None
         self.move_to(State.DRAINING)
         self.deadline = time.monotonic() + timeout
         self.pool.stop_all()
@@ -153,22 +259,35 @@ class Master:
         if self.state in (State.KILLING, State.STOPPED):
             return
         self.log.warning("stopping", reason=reason, graceful=False)
+        self.reload = None
         self.move_to(State.KILLING)
         self.pool.kill_all()
         self._kill_orphans()
         self._close_listeners()
 
+    def _listeners(self) -> list[Listener]:
+        candidate = list(self.reload.generation.listeners.values()) if self.reload else []
+        return [*self.pool.current.listeners.values(), *candidate, *self.retiring]
+
     def _close_listeners(self) -> None:
         """Nothing will be spawned any more: drop the master's copies, so that once the workers
         have closed theirs new clients are refused at once instead of waiting in a queue that
         nobody serves and is reset at exit."""
-        for listener in self.listeners.values():
+        for listener in self._listeners():
             listener.close()
 
+    # Housekeeping ---------------------------------------------------------------------------
+
     def _tick(self, now: float) -> None:
-        if self.state is State.RUNNING:
+        self._close_retired()
+        if self.state in (State.RUNNING, State.RELOADING):
             self.pool.reconcile(now)
-            if not self.announced_ready and self.pool.all_ready():
+            if self.reload:
+                self._advance_reload(now)
+            elif self.reload_queued:
+                self.reload_queued = False
+                self._start_reload()
+            if not self.announced_ready and self.pool.all_ready(self.pool.current):
                 self.announced_ready = True
                 self.log.info("ready", workers=len(self.pool))
         elif not self.pool and not self._orphans():
@@ -178,6 +297,12 @@ class Master:
             self._kill("graceful_timeout")
         elif self.state is State.KILLING:
             self._kill_orphans()
+
+    def _close_retired(self) -> None:
+        for listener in [r for r in self.retiring if not self.pool.holds(r)]:
+            self.retiring.remove(listener)
+            self.log.info("listener_closed", service=listener.service, address=listener.address)
+            listener.close()
 
     def _orphans(self) -> list[psutil.Process]:
         """Children that are not workers: request children adopted after their worker exited."""
@@ -195,6 +320,8 @@ class Master:
                 pass
 
     def _close(self) -> None:
+        for listener in self._listeners():
+            listener.close()
         self.signals.close()
         self.selector.close()
         os.close(self.lifeline_r)

@@ -1,8 +1,9 @@
 """Worker pools: which workers should exist, which do, and closing the gap.
 
-Each service has `workers` numbered slots. A slot whose worker exited is refilled at once, or
-after a backoff when the worker failed soon after starting (it never became ready, or lived
-less than MIN_UPTIME seconds).
+Workers belong to a generation: the first start is generation 1, each reload starts the next.
+Each service has `workers` numbered slots in the current generation. A slot whose worker exited
+is refilled at once, or after a backoff when the worker failed soon after starting (it never
+became ready, or lived less than MIN_UPTIME seconds).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Worker:
     slot: int
     generation: int
     channel_fd: int
+    listener: Listener | None = None
     started: float = field(default_factory=time.monotonic)
     state: WorkerState = WorkerState.BOOTING
     reader: channel.Reader = field(default_factory=channel.Reader)
@@ -72,27 +74,45 @@ class Slot:
     not_before: float = 0.0
 
 
+@dataclass
+class Generation:
+    """The config, listeners and worker counts that one generation of workers runs with."""
+
+    number: int
+    config: Config
+    listeners: dict[str, Listener]
+    sizes: dict[str, int] = field(default_factory=dict)
+    slots: dict[tuple[str, int], Slot] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.sizes = self.sizes or {s.name: s.workers for s in self.config.services}
+
+    def wanted(self) -> Iterator[tuple[ServiceConfig, int]]:
+        for service in self.config.services:
+            for index in range(self.sizes[service.name]):
+                yield service, index
+
+    def slot(self, service: str, index: int) -> Slot:
+        return self.slots.setdefault((service, index), Slot())
+
+
 class Pool:
-    """All workers of all services, and their slots."""
+    """All workers of all services and generations; only the current generation is kept full."""
 
     def __init__(
         self,
-        config: Config,
-        listeners: dict[str, Listener],
+        generation: Generation,
         lifeline_fd: int,
         master_signals: Iterable[signal.Signals],
         selector: selectors.BaseSelector,
         log: Any,
     ) -> None:
-        self.config = config
-        self.listeners = listeners
+        self.current = generation
         self.lifeline_fd = lifeline_fd
         self.master_signals = tuple(master_signals)
         self.selector = selector
         self.log = log
-        self.generation = 1
         self.workers: dict[int, Worker] = {}
-        self.slots = {(s.name, i): Slot() for s in config.services for i in range(s.workers)}
 
     def __iter__(self) -> Iterator[Worker]:
         return iter(list(self.workers.values()))
@@ -100,24 +120,32 @@ class Pool:
     def __len__(self) -> int:
         return len(self.workers)
 
-    def all_ready(self) -> bool:
-        filled = {(w.service, w.slot) for w in self if w.state is WorkerState.READY}
-        return filled >= self.slots.keys()
+    def of(self, generation: Generation) -> list[Worker]:
+        """The live workers of `generation` that have not been told to stop."""
+        return [w for w in self if w.generation == generation.number and w.state is not WorkerState.STOPPING]
+
+    def all_ready(self, generation: Generation) -> bool:
+        ready = {(w.service, w.slot) for w in self.of(generation) if w.state is WorkerState.READY}
+        return ready >= {(s.name, i) for s, i in generation.wanted()}
 
     def reconcile(self, now: float) -> None:
-        """Start a worker in every empty slot whose backoff has passed."""
-        filled = {(w.service, w.slot) for w in self}
-        for service in self.config.services:
-            for index in range(service.workers):
-                slot = self.slots[service.name, index]
-                if (service.name, index) not in filled and now >= slot.not_before:
-                    self._try_spawn(service, index, slot)
+        """Fill every empty slot of the current generation whose backoff has passed; stop the
+        workers of slots that scaling removed."""
+        generation = self.current
+        filled = {(w.service, w.slot) for w in self.of(generation)}
+        for service, index in generation.wanted():
+            if (service.name, index) not in filled and now >= generation.slot(service.name, index).not_before:
+                self._try_spawn(generation, service, index)
+        for worker in self.of(generation):
+            if worker.slot >= generation.sizes.get(worker.service, 0):
+                self.stop(worker)
 
-    def _try_spawn(self, service: ServiceConfig, index: int, slot: Slot) -> None:
+    def _try_spawn(self, generation: Generation, service: ServiceConfig, index: int) -> None:
         """Spawn into a slot; a fork refused by the system (EAGAIN, ENOMEM) is retried later."""
         try:
-            self.spawn(service, index)
+            self.spawn(generation, service, index)
         except OSError as exc:
+            slot = generation.slot(service.name, index)
             slot.failures += 1
             wait = backoff.delay(slot.failures)
             slot.not_before = time.monotonic() + wait
@@ -131,32 +159,40 @@ class Pool:
             )
 
     def next_deadline(self) -> float | None:
-        """When the earliest delayed slot may be refilled."""
-        filled = {(w.service, w.slot) for w in self}
-        waiting = [s.not_before for key, s in self.slots.items() if key not in filled]
+        """When the earliest delayed slot of the current generation may be refilled."""
+        filled = {(w.service, w.slot) for w in self.of(self.current)}
+        waiting = [
+            self.current.slot(s.name, i).not_before
+            for s, i in self.current.wanted()
+            if (s.name, i) not in filled
+        ]
         return min(waiting, default=None)
 
-    def spawn(self, service: ServiceConfig, index: int) -> Worker:
+    def spawn(self, generation: Generation, service: ServiceConfig, index: int) -> Worker:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
-            pid = fork_worker(self._spec(service, index, write_fd), self.master_signals)
+            pid = fork_worker(self._spec(generation, service, index, write_fd), self.master_signals)
         except OSError:
             os.close(read_fd)
             raise
         finally:
             os.close(write_fd)
         os.set_blocking(read_fd, False)
-        worker = Worker(pid, service.name, index, self.generation, read_fd)
+        listener = generation.listeners[service.name]
+        worker = Worker(pid, service.name, index, generation.number, read_fd, listener=listener)
         self.workers[pid] = worker
         self.selector.register(read_fd, selectors.EVENT_READ, worker)
         self.log.info("worker_spawned", **worker.fields())
         return worker
 
-    def _spec(self, service: ServiceConfig, index: int, channel_fd: int) -> WorkerSpec:
+    def _spec(
+        self, generation: Generation, service: ServiceConfig, index: int, channel_fd: int
+    ) -> WorkerSpec:
+        supervisor = generation.config.supervisor
         return WorkerSpec(
             service=service.name,
             slot=index,
-            generation=self.generation,
+            generation=generation.number,
             protocol=service.protocol.value,
             concurrency=service.concurrency.value,
             handler=service.handler,
@@ -164,9 +200,9 @@ class Pool:
             block_on_close=service.block_on_close,
             max_children=service.max_children,
             max_packet_size=service.max_packet_size,
-            pythonpath=self.config.supervisor.pythonpath,
-            log_level=self.config.supervisor.log_level,
-            listener_fd=self.listeners[service.name].sock.fileno(),
+            pythonpath=supervisor.pythonpath,
+            log_level=supervisor.log_level,
+            listener_fd=generation.listeners[service.name].sock.fileno(),
             channel_fd=channel_fd,
             lifeline_fd=self.lifeline_fd,
         )
@@ -189,11 +225,11 @@ class Pool:
             os.close(worker.channel_fd)
             worker.channel_fd = -1
 
-    def on_exit(self, status: ExitStatus, *, replace: bool) -> bool:
-        """Account for a reaped child; return False if it was not one of our workers."""
+    def on_exit(self, status: ExitStatus, *, replace: bool) -> Worker | None:
+        """Account for a reaped child; return the worker it was, or None if it was not ours."""
         worker = self.workers.pop(status.pid, None)
         if worker is None:
-            return False
+            return None
         self._close_channel(worker)
         uptime = time.monotonic() - worker.started
         self.log.log(
@@ -206,12 +242,12 @@ class Pool:
             uptime=round(uptime, 3),
             state=worker.state.value,
         )
-        if replace and (worker.service, worker.slot) in self.slots:
+        if replace and worker.generation == self.current.number and worker.state is not WorkerState.STOPPING:
             self._schedule(worker, failed=worker.state is WorkerState.BOOTING or uptime < MIN_UPTIME)
-        return True
+        return worker
 
     def _schedule(self, worker: Worker, *, failed: bool) -> None:
-        slot = self.slots[worker.service, worker.slot]
+        slot = self.current.slot(worker.service, worker.slot)
         slot.failures = slot.failures + 1 if failed else 0
         wait = backoff.delay(slot.failures)
         slot.not_before = time.monotonic() + wait
@@ -224,19 +260,29 @@ class Pool:
                 retry_in=round(wait, 3),
             )
 
-    def stop_all(self) -> None:
-        """Ask every worker to finish its in-flight requests and exit."""
-        for worker in self:
-            if worker.state is not WorkerState.STOPPING:
-                worker.move_to(WorkerState.STOPPING)
-                _signal_pid(worker.pid, signal.SIGTERM)
+    def holds(self, listener: Listener) -> bool:
+        """Whether any live worker still serves on `listener`."""
+        return any(w.listener is listener for w in self)
 
-    def kill_all(self) -> None:
-        """Kill every worker together with its request children."""
+    def stop(self, worker: Worker) -> None:
+        """Ask one worker to finish its in-flight requests and exit."""
+        if worker.state is not WorkerState.STOPPING:
+            worker.move_to(WorkerState.STOPPING)
+            _signal_pid(worker.pid, signal.SIGTERM)
+
+    def stop_all(self, below: int | None = None) -> None:
+        """Stop every worker (of generations numbered below `below`, if given)."""
         for worker in self:
-            if worker.state is not WorkerState.STOPPING:
-                worker.move_to(WorkerState.STOPPING)
-            _signal_group(worker.pid, signal.SIGKILL)
+            if below is None or worker.generation < below:
+                self.stop(worker)
+
+    def kill_all(self, generation: int | None = None) -> None:
+        """Kill every worker (of one generation, if given) together with its request children."""
+        for worker in self:
+            if generation is None or worker.generation == generation:
+                if worker.state is not WorkerState.STOPPING:
+                    worker.move_to(WorkerState.STOPPING)
+                _signal_group(worker.pid, signal.SIGKILL)
 
 
 def _signal_pid(pid: int, signum: signal.Signals) -> None:

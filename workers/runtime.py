@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workers import channel, logs, output
+from workers.keepalive import close_when_draining
 from workers.loader import extend_path, load_handler
 from workers.servers import SERVERS, Adoptable
 from workers.wakeup import SignalQueue
@@ -67,13 +68,14 @@ def worker_main(spec: WorkerSpec) -> int:
 def build_server(spec: WorkerSpec) -> Adoptable:
     """Import the handler and adopt the listener; the socket is already non-blocking."""
     extend_path(spec.pythonpath)
-    handler = load_handler(spec.handler)
+    handler = close_when_draining(load_handler(spec.handler))
     sock = socket.socket(fileno=spec.listener_fd)
     server = SERVERS[spec.protocol, spec.concurrency].from_socket(sock, handler)
     server.daemon_threads = spec.daemon_threads  # type: ignore[attr-defined]
     server.block_on_close = spec.block_on_close  # type: ignore[attr-defined]
     server.max_children = spec.max_children  # type: ignore[attr-defined]
     server.max_packet_size = spec.max_packet_size  # type: ignore[attr-defined]
+    server.draining = False  # type: ignore[attr-defined]
     return server
 
 
@@ -132,6 +134,7 @@ class Worker:
 
     def _start_draining(self, signum: signal.Signals) -> None:
         self.log.info("worker_stopping", signal=signum.name, daemon_threads=self.spec.daemon_threads)
+        self.server.draining = True  # type: ignore[attr-defined]
         self.draining = threading.Thread(target=self._drain, name="drain", daemon=True)
         self.draining.start()
 
