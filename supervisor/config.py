@@ -58,6 +58,10 @@ class ServiceConfig:
     backlog: int = 128
     socket_mode: int = 0o660
     max_packet_size: int = 8192
+    timeout: float = 30.0
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    max_rss: int = 0
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,10 @@ def _service(table: Table, name: str, base: Path) -> tuple[ServiceConfig, bool]:
         max_packet_size=table.only_if(
             datagram, "max_packet_size", int, 8192, "datagram protocols", minimum=1
         ),
+        timeout=_timeout(table),
+        max_requests=table.integer("max_requests", 0, minimum=0),
+        max_requests_jitter=table.integer("max_requests_jitter", 0, minimum=0),
+        max_rss=table.integer("max_rss", 0, minimum=0),
     )
     table.finish()
     return service, not table.problems
@@ -228,6 +236,14 @@ def _daemon_threads(table: Table, concurrency: Concurrency, known: bool) -> bool
         fix='required for concurrency = "thread": set false to let in-flight requests finish at '
         "stop, or true to drop them at once",
     )
+
+
+def _timeout(table: Table) -> float:
+    value = table.get("timeout", float, 30.0)
+    if not value > 0:  # also refuses nan
+        table.problem("timeout", f"must be more than 0 seconds, got {value}")
+        return 30.0
+    return value
 
 
 def _socket_mode(table: Table, unix: bool) -> int:

@@ -281,6 +281,7 @@ class Master:
     def _tick(self, now: float) -> None:
         self._close_retired()
         if self.state in (State.RUNNING, State.RELOADING):
+            self.pool.check_health(now)
             self.pool.reconcile(now)
             if self.reload:
                 self._advance_reload(now)

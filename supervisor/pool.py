@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 from supervisor import backoff
 from supervisor.config import Config, ServiceConfig
 from supervisor.reap import ExitStatus
@@ -31,14 +33,18 @@ MIN_UPTIME = 1.0  # a worker that exits sooner than this counts as a failure to 
 class WorkerState(enum.Enum):
     BOOTING = "booting"  # forked, importing the handler and building its server
     READY = "ready"  # serving
+    RETIRING = "retiring"  # still serving until its replacement is ready (max_requests, max_rss)
     STOPPING = "stopping"  # told to stop; draining its in-flight requests
 
 
 _TRANSITIONS = {
     WorkerState.BOOTING: {WorkerState.READY, WorkerState.STOPPING},
-    WorkerState.READY: {WorkerState.STOPPING},
+    WorkerState.READY: {WorkerState.RETIRING, WorkerState.STOPPING},
+    WorkerState.RETIRING: {WorkerState.STOPPING},
     WorkerState.STOPPING: set(),
 }
+_GONE = (WorkerState.RETIRING, WorkerState.STOPPING)  # no longer fill their slot
+RSS_CHECK_INTERVAL = 1.0
 
 
 @dataclass
@@ -49,7 +55,12 @@ class Worker:
     generation: int
     channel_fd: int
     listener: Listener | None = None
+    timeout: float = 30.0
+    max_rss: int = 0  # MiB; 0 is no limit
     started: float = field(default_factory=time.monotonic)
+    last_seen: float = field(default_factory=time.monotonic)
+    requests: int = 0
+    rss_checked: float = 0.0
     state: WorkerState = WorkerState.BOOTING
     reader: channel.Reader = field(default_factory=channel.Reader)
 
@@ -122,7 +133,7 @@ class Pool:
 
     def of(self, generation: Generation) -> list[Worker]:
         """The live workers of `generation` that have not been told to stop."""
-        return [w for w in self if w.generation == generation.number and w.state is not WorkerState.STOPPING]
+        return [w for w in self if w.generation == generation.number and w.state not in _GONE]
 
     def all_ready(self, generation: Generation) -> bool:
         ready = {(w.service, w.slot) for w in self.of(generation) if w.state is WorkerState.READY}
@@ -138,6 +149,11 @@ class Pool:
                 self._try_spawn(generation, service, index)
         for worker in self.of(generation):
             if worker.slot >= generation.sizes.get(worker.service, 0):
+                self.stop(worker)
+        ready = {(w.service, w.slot) for w in self.of(generation) if w.state is WorkerState.READY}
+        for worker in self:
+            replaced = worker.generation != generation.number or (worker.service, worker.slot) in ready
+            if worker.state is WorkerState.RETIRING and replaced:
                 self.stop(worker)
 
     def _try_spawn(self, generation: Generation, service: ServiceConfig, index: int) -> None:
@@ -179,7 +195,16 @@ class Pool:
             os.close(write_fd)
         os.set_blocking(read_fd, False)
         listener = generation.listeners[service.name]
-        worker = Worker(pid, service.name, index, generation.number, read_fd, listener=listener)
+        worker = Worker(
+            pid,
+            service.name,
+            index,
+            generation.number,
+            read_fd,
+            listener=listener,
+            timeout=service.timeout,
+            max_rss=service.max_rss,
+        )
         self.workers[pid] = worker
         self.selector.register(read_fd, selectors.EVENT_READ, worker)
         self.log.info("worker_spawned", **worker.fields())
@@ -200,6 +225,9 @@ class Pool:
             block_on_close=service.block_on_close,
             max_children=service.max_children,
             max_packet_size=service.max_packet_size,
+            timeout=service.timeout,
+            max_requests=service.max_requests,
+            max_requests_jitter=service.max_requests_jitter,
             pythonpath=supervisor.pythonpath,
             log_level=supervisor.log_level,
             listener_fd=generation.listeners[service.name].sock.fileno(),
@@ -215,9 +243,47 @@ class Pool:
             return
         if not data:
             self._close_channel(worker)
+        worker.last_seen = time.monotonic()
         for message in worker.reader.feed(data):
             if message["message"] == "ready" and worker.state is WorkerState.BOOTING:
                 worker.move_to(WorkerState.READY)
+            elif message["message"] == "alive":
+                worker.requests = message.get("requests", worker.requests)
+            elif message["message"] == "retire":
+                self.retire(worker, message.get("reason", "asked"))
+
+    def retire(self, worker: Worker, reason: str, **fields: Any) -> None:
+        """Replace a serving worker gracefully: it serves on until its replacement is ready."""
+        if worker.state is WorkerState.READY:
+            worker.move_to(WorkerState.RETIRING)
+            self.log.info(
+                "worker_retiring", **worker.fields(), reason=reason, requests=worker.requests, **fields
+            )
+
+    def check_health(self, now: float) -> None:
+        """Kill workers that fell silent for their `timeout`; retire those past `max_rss`."""
+        for worker in self:
+            if worker.state is WorkerState.STOPPING:
+                continue
+            silent = now - (worker.started if worker.state is WorkerState.BOOTING else worker.last_seen)
+            if silent > worker.timeout:
+                self.log.error(
+                    "worker_timeout", **worker.fields(), state=worker.state.value, silent_for=round(silent, 3)
+                )
+                self.kill(worker)
+            elif worker.max_rss and worker.state is WorkerState.READY:
+                self._check_rss(worker, now)
+
+    def _check_rss(self, worker: Worker, now: float) -> None:
+        if now - worker.rss_checked < RSS_CHECK_INTERVAL:
+            return
+        worker.rss_checked = now
+        try:
+            rss = psutil.Process(worker.pid).memory_info().rss
+        except psutil.Error:
+            return
+        if rss > worker.max_rss * 2**20:
+            self.retire(worker, "max_rss", rss_mib=round(rss / 2**20, 1), max_rss=worker.max_rss)
 
     def _close_channel(self, worker: Worker) -> None:
         if worker.channel_fd >= 0:
@@ -276,13 +342,17 @@ class Pool:
             if below is None or worker.generation < below:
                 self.stop(worker)
 
+    def kill(self, worker: Worker) -> None:
+        """Kill a worker together with its request children."""
+        if worker.state is not WorkerState.STOPPING:
+            worker.move_to(WorkerState.STOPPING)
+        _signal_group(worker.pid, signal.SIGKILL)
+
     def kill_all(self, generation: int | None = None) -> None:
         """Kill every worker (of one generation, if given) together with its request children."""
         for worker in self:
             if generation is None or worker.generation == generation:
-                if worker.state is not WorkerState.STOPPING:
-                    worker.move_to(WorkerState.STOPPING)
-                _signal_group(worker.pid, signal.SIGKILL)
+                self.kill(worker)
 
 
 def _signal_pid(pid: int, signum: signal.Signals) -> None:

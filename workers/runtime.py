@@ -10,10 +10,12 @@ Exit codes: 0 after a graceful or immediate stop, 1 when the serving loop failed
 from __future__ import annotations
 
 import os
+import random
 import selectors
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,9 @@ class WorkerSpec:
     block_on_close: bool
     max_children: int
     max_packet_size: int
+    timeout: float
+    max_requests: int
+    max_requests_jitter: int
     pythonpath: tuple[Path, ...]
     log_level: str
     listener_fd: int
@@ -62,6 +67,7 @@ def worker_main(spec: WorkerSpec) -> int:
         logs.get_logger().error("worker_boot_failed", handler=spec.handler, exc_info=True)
         return BOOT_FAILED
     os.register_at_fork(after_in_child=lambda: _in_request_child(spec, server))
+    server.monitor = Monitor(spec)
     return Worker(spec, server, signals).run()
 
 
@@ -89,6 +95,34 @@ def _in_request_child(spec: WorkerSpec, server: Adoptable) -> None:
         os.close(fd)
     if spec.protocol in ("tcp", "unix-stream"):
         server.socket.close()  # datagram children reply through the listening socket
+
+
+class Monitor:
+    """Heartbeats and request counting, from the serving thread to the master.
+
+    The heartbeat travels on the pipe to the master, not through a file: a worker that stops
+    going round its loop (blocked, SIGSTOPped) simply falls silent.
+    """
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.fd = spec.channel_fd
+        self.interval = min(1.0, spec.timeout / 4)
+        self.last = 0.0
+        self.requests = 0
+        jitter = random.randint(0, spec.max_requests_jitter) if spec.max_requests else 0
+        self.limit = spec.max_requests + jitter
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            channel.send(self.fd, "alive", requests=self.requests)
+
+    def request(self) -> None:
+        self.requests += 1
+        if self.requests == self.limit:
+            logs.get_logger().info("max_requests_reached", requests=self.requests)
+            channel.send(self.fd, "retire", reason="max_requests", requests=self.requests)
 
 
 class Worker:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import socket
 import socketserver
 import sys
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from workers.logs import get_logger
 
@@ -34,10 +34,28 @@ CLIENT_GONE = (
 _Socket = socket.socket  # the class body below has an attribute named `socket`
 
 
+class Monitor(Protocol):
+    """What a worker wants to hear from its serving loop (see workers.runtime)."""
+
+    def tick(self) -> None: ...  # the loop went round: it is making progress
+    def request(self) -> None: ...  # a request was accepted
+
+
 class Adoptable(socketserver.BaseServer):
     """Mixin: adopt an inherited socket; log handler errors as events."""
 
     socket: _Socket
+    monitor: Monitor | None = None
+
+    def service_actions(self) -> None:
+        super().service_actions()
+        if self.monitor:
+            self.monitor.tick()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if self.monitor:
+            self.monitor.request()
+        return super().verify_request(request, client_address)
 
     @classmethod
     def from_socket(cls, sock: _Socket, RequestHandlerClass: Any) -> Self:  # noqa: N803 (stdlib name)
