@@ -45,5 +45,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         print(f"{args.config}: ok ({len(loaded.services)} services)")
         return ExitCode.OK
-    logs.configure(loaded.supervisor.log_level, role="master")
-    return master.run(loaded)
+    log_fd = 2
+    if log_file := loaded.supervisor.log_file:
+        try:
+            log_fd = logs.open_log_file(log_file)
+        except OSError as exc:
+            print(
+                f"{args.config}: supervisor.log_file: cannot open {log_file}: {exc.strerror} "
+                "(check that its directory exists and is writable)",
+                file=sys.stderr,
+            )
+            return ExitCode.FAILURE
+    logs.configure(loaded.supervisor.log_level, fd=log_fd, role="master")
+    return master.run(loaded, log_fd)

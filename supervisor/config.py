@@ -71,6 +71,7 @@ class SupervisorConfig:
     log_level: str = "info"
     pythonpath: tuple[Path, ...] = ()
     reload_timeout: float = 60.0
+    log_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ def _read_toml(path: Path, problems: Problems) -> dict[str, object]:
 
 def _supervisor(table: Table, base: Path) -> SupervisorConfig:
     runtime_dir = table.get("runtime_dir", str, None)
+    log_file = table.get("log_file", str, "")
     graceful_timeout = table.get("graceful_timeout", float, 30.0)
     if not graceful_timeout >= 0:  # also refuses nan
         table.problem("graceful_timeout", f"must be 0 or more seconds, got {graceful_timeout}")
@@ -139,6 +141,7 @@ def _supervisor(table: Table, base: Path) -> SupervisorConfig:
         log_level=log_level,
         pythonpath=tuple(base / p for p in pythonpath),
         reload_timeout=reload_timeout,
+        log_file=base / log_file if log_file else None,
     )
 
 

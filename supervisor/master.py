@@ -56,7 +56,7 @@ _TRANSITIONS = {
 }
 
 
-def run(config: Config) -> int:
+def run(config: Config, log_fd: int = 2) -> int:
     """Bind, supervise until stopped, clean up; return the exit status."""
     log = logs.get_logger()
     pid_path = config.supervisor.runtime_dir / "sockherd.pid"
@@ -68,7 +68,7 @@ def run(config: Config) -> int:
         return ExitCode.FAILURE
     try:
         listeners = bind_all(config.services, hint=f"another sockherd? see {pid_path}")
-        return Master(config, listeners, pid_path).run()
+        return Master(config, listeners, pid_path, log_fd).run()
     except SockherdError as exc:
         log.critical("start_failed", error=str(exc))
         return ExitCode.FAILURE
@@ -77,8 +77,9 @@ def run(config: Config) -> int:
 
 
 class Master:
-    def __init__(self, config: Config, listeners: dict[str, Listener], pid_path: Path) -> None:
+    def __init__(self, config: Config, listeners: dict[str, Listener], pid_path: Path, log_fd: int) -> None:
         self.log = logs.get_logger()
+        self.log_fd = log_fd
         self.pid_path = pid_path
         self.state = State.RUNNING
         self.deadline = 0.0
@@ -88,7 +89,7 @@ class Master:
         # Workers hold the read end; when the master dies, however it dies, they read EOF.
         self.lifeline_r, self.lifeline_w = os.pipe2(os.O_CLOEXEC)
         self.pool = Pool(
-            Generation(1, config, listeners), self.lifeline_r, MASTER_SIGNALS, self.selector, self.log
+            Generation(1, config, listeners), self.lifeline_r, log_fd, MASTER_SIGNALS, self.selector, self.log
         )
         self.reload: reload.Reload | None = None
         self.reload_queued = False
@@ -156,6 +157,8 @@ class Master:
             self._kill("SIGQUIT")
         elif signum == signal.SIGHUP:
             self._on_sighup()
+        elif signum == signal.SIGUSR1:
+            self._reopen_logs()
         elif signum in (signal.SIGTTIN, signal.SIGTTOU):
             self._scale(+1 if signum == signal.SIGTTIN else -1)
         elif signum != signal.SIGCHLD:
@@ -216,7 +219,7 @@ class Master:
         kept = list(new.listeners.values())
         self.retiring += [listener for listener in old.listeners.values() if listener not in kept]
         if new.config.supervisor.log_level != old.config.supervisor.log_level:
-            logs.configure(new.config.supervisor.log_level, role="master")
+            logs.configure(new.config.supervisor.log_level, fd=self.log_fd, role="master")
         for key in reload.supervisor_changes(old.config, new.config):
             self.log.warning("restart_required", key=key)
         self.log.info(
@@ -237,6 +240,18 @@ class Master:
         self.reload = None
         if self.state is State.RELOADING:
             self.move_to(State.RUNNING)
+
+    def _reopen_logs(self) -> None:
+        """Reopen the log file here and in every worker (logrotate's postrotate sends SIGUSR1)."""
+        path = self.config.supervisor.log_file
+        if path:
+            try:
+                logs.reopen(path, self.log_fd)
+            except OSError as exc:
+                self.log.error("logs_reopen_failed", path=str(path), error=str(exc))
+                return
+        self.pool.signal_all(signal.SIGUSR1)
+        self.log.info("logs_reopened", path=str(path) if path else None)
 
     def _scale(self, step: int) -> None:
         sizes = self.pool.current.sizes

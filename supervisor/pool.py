@@ -114,12 +114,14 @@ class Pool:
         self,
         generation: Generation,
         lifeline_fd: int,
+        log_fd: int,
         master_signals: Iterable[signal.Signals],
         selector: selectors.BaseSelector,
         log: Any,
     ) -> None:
         self.current = generation
         self.lifeline_fd = lifeline_fd
+        self.log_fd = log_fd
         self.master_signals = tuple(master_signals)
         self.selector = selector
         self.log = log
@@ -230,6 +232,8 @@ class Pool:
             max_requests_jitter=service.max_requests_jitter,
             pythonpath=supervisor.pythonpath,
             log_level=supervisor.log_level,
+            log_fd=self.log_fd,
+            log_file=supervisor.log_file,
             listener_fd=generation.listeners[service.name].sock.fileno(),
             channel_fd=channel_fd,
             lifeline_fd=self.lifeline_fd,
@@ -329,6 +333,11 @@ class Pool:
     def holds(self, listener: Listener) -> bool:
         """Whether any live worker still serves on `listener`."""
         return any(w.listener is listener for w in self)
+
+    def signal_all(self, signum: signal.Signals) -> None:
+        """Send `signum` to every live worker (not to its request children)."""
+        for worker in self:
+            _signal_pid(worker.pid, signum)
 
     def stop(self, worker: Worker) -> None:
         """Ask one worker to finish its in-flight requests and exit."""

@@ -76,4 +76,7 @@ def apply_socket_options(generation: Generation) -> None:
 
 def supervisor_changes(old: Config, new: Config) -> list[str]:
     """[supervisor] keys whose new value cannot apply without a restart."""
-    return ["supervisor.runtime_dir"] if old.supervisor.runtime_dir != new.supervisor.runtime_dir else []
+    fixed = ("runtime_dir", "log_file")
+    return [
+        f"supervisor.{key}" for key in fixed if getattr(old.supervisor, key) != getattr(new.supervisor, key)
+    ]

@@ -23,7 +23,8 @@ def fork_worker(spec: WorkerSpec, master_signals: Iterable[signal.Signals]) -> i
         try:
             os.setpgid(0, 0)
             reset_signals(master_signals)
-            _close_master_fds(keep={0, 1, 2, spec.listener_fd, spec.channel_fd, spec.lifeline_fd})
+            keep = {0, 1, 2, spec.log_fd, spec.listener_fd, spec.channel_fd, spec.lifeline_fd}
+            _close_master_fds(keep)
             code = worker_main(spec)
         except BaseException:
             traceback.print_exc()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -65,6 +66,24 @@ def configure(level: str = "info", fd: int = 2, **context: Any) -> None:
         logger_factory=lambda *_: FdLogger(fd),
         cache_logger_on_first_use=False,
     )
+
+
+def open_log_file(path: Path) -> int:
+    """Open `path` for appending, creating it 0640: every process appends whole lines to it."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+
+def reopen(path: Path, fd: int) -> None:
+    """Point `fd` at a fresh open of `path`, as after logrotate moved the old file away.
+
+    dup2 swaps the file behind the descriptor in one step, so a line is written whole to the
+    old file or to the new one, never lost in between.
+    """
+    fresh = open_log_file(path)
+    try:
+        os.dup2(fresh, fd, inheritable=False)
+    finally:
+        os.close(fresh)
 
 
 def get_logger() -> Any:

@@ -28,6 +28,7 @@ from workers.wakeup import SignalQueue
 BOOT_FAILED = 3
 POLL_INTERVAL = 0.2  # how quickly serve_forever notices shutdown()
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+_SIGNALS = (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class WorkerSpec:
     max_requests_jitter: int
     pythonpath: tuple[Path, ...]
     log_level: str
+    log_fd: int
+    log_file: Path | None
     listener_fd: int
     channel_fd: int
     lifeline_fd: int
@@ -57,10 +60,15 @@ class WorkerSpec:
 def worker_main(spec: WorkerSpec) -> int:
     """Run one worker to completion and return its exit code."""
     logs.configure(
-        spec.log_level, role="worker", service=spec.service, worker=spec.slot, generation=spec.generation
+        spec.log_level,
+        fd=spec.log_fd,
+        role="worker",
+        service=spec.service,
+        worker=spec.slot,
+        generation=spec.generation,
     )
     output.capture_stdio()
-    signals = SignalQueue((*_STOP_SIGNALS, signal.SIGHUP))
+    signals = SignalQueue(_SIGNALS)
     try:
         server = build_server(spec)
     except BaseException:
@@ -89,7 +97,7 @@ def _in_request_child(spec: WorkerSpec, server: Adoptable) -> None:
     """First steps of a ForkingMixIn request child: it serves one request and must not act as
     the worker: default signal dispositions, and no copy of the listener or the pipes."""
     signal.set_wakeup_fd(-1)
-    for signum in (*_STOP_SIGNALS, signal.SIGHUP):
+    for signum in _SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     for fd in (spec.channel_fd, spec.lifeline_fd):
         os.close(fd)
@@ -154,17 +162,26 @@ class Worker:
                 ready = {key.fd for key, _ in selector.select(timeout=0.1 if self.draining else 1.0)}
                 if self.spec.lifeline_fd in ready and not os.read(self.spec.lifeline_fd, 64):
                     self._orphaned()
-                for signum in self.signals.drain():
-                    if signum == signal.SIGQUIT or (signum != signal.SIGHUP and self.draining):
+                for signum in self.signals.drain():  # SIGHUP: reloading is the master's business
+                    if signum == signal.SIGUSR1:
+                        self._reopen_logs()
+                    elif signum == signal.SIGQUIT or (signum in _STOP_SIGNALS and self.draining):
                         self.log.info("worker_stopping", signal=signum.name, immediate=True)
                         return 0
-                    if signum != signal.SIGHUP:
+                    elif signum in _STOP_SIGNALS:
                         self._start_draining(signum)
                 if self.draining and not self.draining.is_alive():
                     self.log.info("worker_stopped")
                     return 0
                 if not self.draining and not self.serving.is_alive():
                     return 1
+
+    def _reopen_logs(self) -> None:
+        if self.spec.log_file:
+            try:
+                logs.reopen(self.spec.log_file, self.spec.log_fd)
+            except OSError as exc:
+                self.log.error("logs_reopen_failed", path=str(self.spec.log_file), error=str(exc))
 
     def _start_draining(self, signum: signal.Signals) -> None:
         self.log.info("worker_stopping", signal=signum.name, daemon_threads=self.spec.daemon_threads)
