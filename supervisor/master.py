@@ -96,6 +96,9 @@ class Master:
         self.last_generation = 1
         self.retiring: list[Listener] = []  # replaced listeners, closed once no worker serves on them
         self.announced_ready = False
+        # When the loop last read the workers' pipes: silence is measured up to then, so a loop
+        # that was busy (a reload's handler probe) never mistakes unread heartbeats for silence.
+        self.polled_at = time.monotonic()
 
     @property
     def config(self) -> Config:
@@ -143,7 +146,9 @@ class Master:
             deadlines.append(refill)
         if self.state is State.DRAINING:
             deadlines.append(self.deadline)
-        for key, _ in self.selector.select(timeout=max(0.0, min(deadlines) - now)):
+        events = self.selector.select(timeout=max(0.0, min(deadlines) - now))
+        self.polled_at = time.monotonic()
+        for key, _ in events:
             if isinstance(key.data, Worker):
                 self.pool.on_readable(key.data)
 
@@ -296,7 +301,7 @@ class Master:
     def _tick(self, now: float) -> None:
         self._close_retired()
         if self.state in (State.RUNNING, State.RELOADING):
-            self.pool.check_health(now)
+            self.pool.check_health(self.polled_at)
             self.pool.reconcile(now)
             if self.reload:
                 self._advance_reload(now)

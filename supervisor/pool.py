@@ -265,7 +265,9 @@ class Pool:
             )
 
     def check_health(self, now: float) -> None:
-        """Kill workers that fell silent for their `timeout`; retire those past `max_rss`."""
+        """Kill workers that fell silent for their `timeout`; retire those past `max_rss`.
+
+        `now` is when the pipes were last read, not the current time."""
         for worker in self:
             if worker.state is WorkerState.STOPPING:
                 continue
