@@ -189,7 +189,8 @@ class Master:
         number = self.last_generation + 1
         self.log.info("reload_started", generation=number, config=str(self.config.path))
         try:
-            self.reload = reload.prepare(self.pool.current, self.config.path, number, f"see {self.pid_path}")
+            held = [*self.pool.current.listeners.values(), *self.retiring]
+            self.reload = reload.prepare(held, self.config.path, number, f"see {self.pid_path}")
         except ConfigError as exc:
             self.log.error("reload_failed", generation=number, reason="invalid_config", problems=exc.problems)
             return
@@ -222,7 +223,8 @@ class Master:
         self.pool.current = new
         self.pool.stop_all(below=new.number)
         kept = list(new.listeners.values())
-        self.retiring += [listener for listener in old.listeners.values() if listener not in kept]
+        replaced = [listener for listener in old.listeners.values() if listener not in kept]
+        self.retiring = [listener for listener in [*self.retiring, *replaced] if listener not in kept]
         if new.config.supervisor.log_level != old.config.supervisor.log_level:
             logs.configure(new.config.supervisor.log_level, fd=self.log_fd, role="master")
         for key in reload.supervisor_changes(old.config, new.config):

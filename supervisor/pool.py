@@ -61,6 +61,7 @@ class Worker:
     last_seen: float = field(default_factory=time.monotonic)
     requests: int = 0
     rss_checked: float = 0.0
+    stop_deadline: float | None = None  # told to stop: killed if still there by then
     state: WorkerState = WorkerState.BOOTING
     reader: channel.Reader = field(default_factory=channel.Reader)
 
@@ -270,6 +271,7 @@ class Pool:
         `now` is when the pipes were last read, not the current time."""
         for worker in self:
             if worker.state is WorkerState.STOPPING:
+                self._enforce_stop_deadline(worker, now)
                 continue
             silent = now - (worker.started if worker.state is WorkerState.BOOTING else worker.last_seen)
             if silent > worker.timeout:
@@ -279,6 +281,13 @@ class Pool:
                 self.kill(worker)
             elif worker.max_rss and worker.state is WorkerState.READY:
                 self._check_rss(worker, now)
+
+    def _enforce_stop_deadline(self, worker: Worker, now: float) -> None:
+        """A worker retired by a reload, a scale-down or recycling gets graceful_timeout too."""
+        if worker.stop_deadline is not None and now >= worker.stop_deadline:
+            worker.stop_deadline = None
+            self.log.warning("graceful_timeout_expired", **worker.fields())
+            self.kill(worker)
 
     def _check_rss(self, worker: Worker, now: float) -> None:
         if now - worker.rss_checked < RSS_CHECK_INTERVAL:
@@ -345,6 +354,7 @@ class Pool:
         """Ask one worker to finish its in-flight requests and exit."""
         if worker.state is not WorkerState.STOPPING:
             worker.move_to(WorkerState.STOPPING)
+            worker.stop_deadline = time.monotonic() + self.current.config.supervisor.graceful_timeout
             _signal_pid(worker.pid, signal.SIGTERM)
 
     def stop_all(self, below: int | None = None) -> None:

@@ -29,15 +29,18 @@ class Reload:
     started: float = field(default_factory=time.monotonic)
 
 
-def prepare(running: Generation, path: Path, number: int, hint: str) -> Reload:
-    """Validate `path` and bind what it adds; raise ConfigError or BindError with nothing bound."""
+def prepare(held: list[Listener], path: Path, number: int, hint: str) -> Reload:
+    """Validate `path` and bind what it adds; raise ConfigError or BindError with nothing bound.
+
+    `held` are the listeners the master has: the running generation's and those still draining.
+    """
     started = time.monotonic()
     new = config_module.load(path)
     listeners: dict[str, Listener] = {}
     fresh: list[Listener] = []
     try:
         for service in new.services:
-            reused = _reusable(running, service)
+            reused = _reusable(held, service)
             if reused is None:
                 reused = bind(service, hint)
                 fresh.append(reused)
@@ -50,17 +53,16 @@ def prepare(running: Generation, path: Path, number: int, hint: str) -> Reload:
     return Reload(Generation(number, new, listeners), fresh, deadline, started)
 
 
-def _reusable(running: Generation, service: ServiceConfig) -> Listener | None:
-    """The running listener with the same protocol and address, if any.
+def _reusable(held: list[Listener], service: ServiceConfig) -> Listener | None:
+    """The held listener with the same protocol and address, if any.
 
     A port-0 address means "any free port", so it matches only the same service's listener.
     """
-    for old in running.config.services:
-        if old.protocol != service.protocol or old.listen != service.listen:
-            continue
-        ephemeral = isinstance(service.listen, InetAddress) and service.listen.port == 0
-        if not ephemeral or old.name == service.name:
-            return running.listeners[old.name]
+    ephemeral = isinstance(service.listen, InetAddress) and service.listen.port == 0
+    for listener in held:
+        same = listener.bound_for == (service.protocol, service.listen)
+        if same and (not ephemeral or listener.service == service.name):
+            return listener
     return None
 
 

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.addresses import InetAddress, UnixAddress
-from supervisor.config import ServiceConfig
+from supervisor.addresses import Address, InetAddress, UnixAddress
+from supervisor.config import Protocol, ServiceConfig
 from supervisor.errors import BindError
 
 
@@ -28,6 +28,7 @@ class Listener:
     service: str
     sock: socket.socket
     created: tuple[Path, int] | None = None  # (path, inode) of a socket file we made
+    bound_for: tuple[Protocol, Address] | None = None  # the protocol and address as configured
 
     @property
     def address(self) -> str:
@@ -71,6 +72,7 @@ def bind(service: ServiceConfig, hint: str) -> Listener:
             listener = Listener(service.name, _bind_inet(service.listen, kind, key))
     except OSError as exc:
         raise BindError(f"{key}: {service.listen}: {_explain(exc, hint)}") from exc
+    listener.bound_for = (service.protocol, service.listen)
     if service.protocol.is_stream:
         listener.sock.listen(service.backlog)
     listener.sock.setblocking(False)

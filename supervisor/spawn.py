@@ -5,18 +5,21 @@ from __future__ import annotations
 import os
 import signal
 import traceback
-from collections.abc import Iterable
 
 from workers.runtime import WorkerSpec, worker_main
 from workers.wakeup import reset_signals
 
 
-def fork_worker(spec: WorkerSpec, master_signals: Iterable[signal.Signals]) -> int:
+def fork_worker(spec: WorkerSpec, master_signals: tuple[signal.Signals, ...]) -> int:
     """Fork a worker running `spec`, in a process group of its own; return its pid.
 
     The worker's own process group keeps a terminal's Ctrl-C away from it (the master decides how
     workers stop) and lets the master kill a worker together with its request children.
     """
+    # Signals stay blocked from before the fork until the worker's own handlers are in place: one
+    # sent to the new pid in between would otherwise run the master's handler in the child and
+    # be recorded in a copy of the master's queue that nobody reads.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, master_signals)
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -30,6 +33,7 @@ def fork_worker(spec: WorkerSpec, master_signals: Iterable[signal.Signals]) -> i
             traceback.print_exc()
         finally:
             os._exit(code)
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     try:
         os.setpgid(pid, pid)  # also here: the master may signal the group before the child runs
     except OSError:

@@ -69,6 +69,7 @@ def worker_main(spec: WorkerSpec) -> int:
     )
     output.capture_stdio()
     signals = SignalQueue(_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the master forked us with signals blocked
     try:
         server = build_server(spec)
     except BaseException:
