@@ -11,17 +11,17 @@ import os
 import selectors
 import signal
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
 
-from supervisor import pidfile, reload
+from supervisor import health, pidfile, reload
 from supervisor.config import Config
-from supervisor.errors import ConfigError, ExitCode, SockherdError
-from supervisor.pool import Generation, Pool, Worker
+from supervisor.errors import ExitCode, SockherdError
+from supervisor.pool import Pool
 from supervisor.reap import ExitStatus, become_subreaper, reap
 from supervisor.sockets import Listener, bind_all
+from supervisor.worker import Generation, Worker
 from workers import logs
 from workers.wakeup import SignalQueue
 
@@ -91,10 +91,7 @@ class Master:
         self.pool = Pool(
             Generation(1, config, listeners), self.lifeline_r, log_fd, MASTER_SIGNALS, self.selector, self.log
         )
-        self.reload: reload.Reload | None = None
-        self.reload_queued = False
-        self.last_generation = 1
-        self.retiring: list[Listener] = []  # replaced listeners, closed once no worker serves on them
+        self.reloader = reload.Reloader(self.pool, log_fd, f"see {pid_path}")
         self.announced_ready = False
         # When the loop last read the workers' pipes: silence is measured up to then, so a loop
         # that was busy (a reload's handler probe) never mistakes unread heartbeats for silence.
@@ -111,7 +108,7 @@ class Master:
 
     def run(self) -> int:
         self.log.info("started", config=str(self.config.path), subreaper=become_subreaper())
-        self._announce(self.pool.current, self.pool.current.listeners.values())
+        reload.announce(self.log, self.pool.current, self.pool.current.listeners.values())
         try:
             self._tick(time.monotonic())
             while self.state is not State.STOPPED:
@@ -125,19 +122,6 @@ class Master:
             self._close()
         self.log.info("stopped")
         return ExitCode.OK
-
-    def _announce(self, generation: Generation, listeners: Iterable[Listener]) -> None:
-        """Log where each of `listeners` (bound for `generation`) listens."""
-        announced = list(listeners)
-        for service in generation.config.services:
-            listener = generation.listeners[service.name]
-            if listener in announced:
-                self.log.info(
-                    "listening",
-                    service=service.name,
-                    address=listener.address,
-                    protocol=service.protocol.value,
-                )
 
     def _wait(self) -> None:
         now = time.monotonic()
@@ -161,7 +145,8 @@ class Master:
         elif signum == signal.SIGQUIT:
             self._kill("SIGQUIT")
         elif signum == signal.SIGHUP:
-            self._on_sighup()
+            if self.state in (State.RUNNING, State.RELOADING):
+                self.reloader.request()
         elif signum == signal.SIGUSR1:
             self._reopen_logs()
         elif signum in (signal.SIGTTIN, signal.SIGTTOU):
@@ -173,80 +158,8 @@ class Master:
         worker = self.pool.on_exit(status, replace=self.state in (State.RUNNING, State.RELOADING))
         if worker is None:
             self.log.debug("child_reaped", child_pid=status.pid, status=str(status))
-        elif self.reload and worker.generation == self.reload.generation.number:
-            self._abandon_reload("boot_failed", worker_pid=worker.pid, status=str(status))
-
-    # Reload ---------------------------------------------------------------------------------
-
-    def _on_sighup(self) -> None:
-        if self.state is State.RUNNING:
-            self._start_reload()
-        elif self.state is State.RELOADING:
-            self.reload_queued = True
-            self.log.info("reload_queued")
-
-    def _start_reload(self) -> None:
-        number = self.last_generation + 1
-        self.log.info("reload_started", generation=number, config=str(self.config.path))
-        try:
-            held = [*self.pool.current.listeners.values(), *self.retiring]
-            self.reload = reload.prepare(held, self.config.path, number, f"see {self.pid_path}")
-        except ConfigError as exc:
-            self.log.error("reload_failed", generation=number, reason="invalid_config", problems=exc.problems)
-            return
-        except SockherdError as exc:
-            self.log.error("reload_failed", generation=number, reason="bind_failed", error=str(exc))
-            return
-        self.last_generation = number
-        self.move_to(State.RELOADING)
-        self._announce(self.reload.generation, self.reload.fresh)
-        try:
-            for service, index in self.reload.generation.wanted():
-                self.pool.spawn(self.reload.generation, service, index)
-        except OSError as exc:
-            self._abandon_reload("spawn_failed", error=str(exc))
-
-    def _advance_reload(self, now: float) -> None:
-        assert self.reload is not None
-        if self.pool.all_ready(self.reload.generation):
-            self._commit_reload()
-        elif now >= self.reload.deadline:
-            self._abandon_reload(
-                "timeout", reload_timeout=self.reload.generation.config.supervisor.reload_timeout
-            )
-
-    def _commit_reload(self) -> None:
-        """The candidate is serving: retire the running generation and its replaced listeners."""
-        assert self.reload is not None
-        old, new = self.pool.current, self.reload.generation
-        reload.apply_socket_options(new)
-        self.pool.current = new
-        self.pool.stop_all(below=new.number)
-        kept = list(new.listeners.values())
-        replaced = [listener for listener in old.listeners.values() if listener not in kept]
-        self.retiring = [listener for listener in [*self.retiring, *replaced] if listener not in kept]
-        if new.config.supervisor.log_level != old.config.supervisor.log_level:
-            logs.configure(new.config.supervisor.log_level, fd=self.log_fd, role="master")
-        for key in reload.supervisor_changes(old.config, new.config):
-            self.log.warning("restart_required", key=key)
-        self.log.info(
-            "reload_done", generation=new.number, duration=round(time.monotonic() - self.reload.started, 3)
-        )
-        self._end_reload()
-
-    def _abandon_reload(self, reason: str, **fields: object) -> None:
-        """The candidate failed: kill it and close what was bound for it; nothing else changes."""
-        assert self.reload is not None
-        self.pool.kill_all(generation=self.reload.generation.number)
-        for listener in self.reload.fresh:
-            listener.close()
-        self.log.error("reload_failed", generation=self.reload.generation.number, reason=reason, **fields)
-        self._end_reload()
-
-    def _end_reload(self) -> None:
-        self.reload = None
-        if self.state is State.RELOADING:
-            self.move_to(State.RUNNING)
+        else:
+            self.reloader.on_exit(worker, status)
 
     def _reopen_logs(self) -> None:
         """Reopen the log file here and in every worker (logrotate's postrotate sends SIGUSR1)."""
@@ -271,7 +184,7 @@ class Master:
     def _drain(self, signum: signal.Signals) -> None:
         timeout = self.config.supervisor.graceful_timeout
         self.log.info("stopping", signal=signum.name, graceful=True, graceful_timeout=timeout)
-        self.reload = None
+        self.reloader.cancel()
         self.move_to(State.DRAINING)
         self.deadline = time.monotonic() + timeout
         self.pool.stop_all()
@@ -281,15 +194,14 @@ class Master:
         if self.state in (State.KILLING, State.STOPPED):
             return
         self.log.warning("stopping", reason=reason, graceful=False)
-        self.reload = None
+        self.reloader.cancel()
         self.move_to(State.KILLING)
         self.pool.kill_all()
         self._kill_orphans()
         self._close_listeners()
 
     def _listeners(self) -> list[Listener]:
-        candidate = list(self.reload.generation.listeners.values()) if self.reload else []
-        return [*self.pool.current.listeners.values(), *candidate, *self.retiring]
+        return [*self.pool.current.listeners.values(), *self.reloader.retiring]
 
     def _close_listeners(self) -> None:
         """Nothing will be spawned any more: drop the master's copies, so that once the workers
@@ -301,15 +213,14 @@ class Master:
     # Housekeeping ---------------------------------------------------------------------------
 
     def _tick(self, now: float) -> None:
-        self._close_retired()
+        self.reloader.close_retired()
         if self.state in (State.RUNNING, State.RELOADING):
-            self.pool.check_health(self.polled_at)
+            health.check(self.pool, self.polled_at)
             self.pool.reconcile(now)
-            if self.reload:
-                self._advance_reload(now)
-            elif self.reload_queued:
-                self.reload_queued = False
-                self._start_reload()
+            self.reloader.advance(now)
+            reloading = self.reloader.under_way is not None
+            if reloading != (self.state is State.RELOADING):
+                self.move_to(State.RELOADING if reloading else State.RUNNING)
             if not self.announced_ready and self.pool.all_ready(self.pool.current):
                 self.announced_ready = True
                 self.log.info("ready", workers=len(self.pool))
@@ -320,12 +231,6 @@ class Master:
             self._kill("graceful_timeout")
         elif self.state is State.KILLING:
             self._kill_orphans()
-
-    def _close_retired(self) -> None:
-        for listener in [r for r in self.retiring if not self.pool.holds(r)]:
-            self.retiring.remove(listener)
-            self.log.info("listener_closed", service=listener.service, address=listener.address)
-            listener.close()
 
     def _orphans(self) -> list[psutil.Process]:
         """Children that are not workers: request children adopted after their worker exited."""

@@ -1,111 +1,28 @@
 """Worker pools: which workers should exist, which do, and closing the gap.
 
-Workers belong to a generation: the first start is generation 1, each reload starts the next.
-Each service has `workers` numbered slots in the current generation. A slot whose worker exited
-is refilled at once, or after a backoff when the worker failed soon after starting (it never
-became ready, or lived less than MIN_UPTIME seconds).
+Only the current generation is kept full. A slot whose worker exited is refilled at once, or
+after a backoff when the worker failed soon after starting (it never became ready, or lived less
+than MIN_UPTIME seconds).
 """
 
 from __future__ import annotations
 
-import enum
 import os
 import selectors
 import signal
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
 from supervisor import backoff
-from supervisor.config import Config, ServiceConfig
+from supervisor.config import ServiceConfig
 from supervisor.reap import ExitStatus
 from supervisor.sockets import Listener
 from supervisor.spawn import fork_worker
-from workers import channel
+from supervisor.worker import GONE, Generation, Worker, WorkerState
 from workers.runtime import WorkerSpec
 
 MIN_UPTIME = 1.0  # a worker that exits sooner than this counts as a failure to start
-
-
-class WorkerState(enum.Enum):
-    BOOTING = "booting"  # forked, importing the handler and building its server
-    READY = "ready"  # serving
-    RETIRING = "retiring"  # still serving until its replacement is ready (max_requests, max_rss)
-    STOPPING = "stopping"  # told to stop; draining its in-flight requests
-
-
-_TRANSITIONS = {
-    WorkerState.BOOTING: {WorkerState.READY, WorkerState.STOPPING},
-    WorkerState.READY: {WorkerState.RETIRING, WorkerState.STOPPING},
-    WorkerState.RETIRING: {WorkerState.STOPPING},
-    WorkerState.STOPPING: set(),
-}
-_GONE = (WorkerState.RETIRING, WorkerState.STOPPING)  # no longer fill their slot
-RSS_CHECK_INTERVAL = 1.0
-
-
-@dataclass
-class Worker:
-    pid: int
-    service: str
-    slot: int
-    generation: int
-    channel_fd: int
-    listener: Listener | None = None
-    timeout: float = 30.0
-    max_rss: int = 0  # MiB; 0 is no limit
-    started: float = field(default_factory=time.monotonic)
-    last_seen: float = field(default_factory=time.monotonic)
-    requests: int = 0
-    rss_checked: float = 0.0
-    stop_deadline: float | None = None  # told to stop: killed if still there by then
-    state: WorkerState = WorkerState.BOOTING
-    reader: channel.Reader = field(default_factory=channel.Reader)
-
-    def move_to(self, state: WorkerState) -> None:
-        if state not in _TRANSITIONS[self.state]:
-            raise RuntimeError(f"worker {self.pid}: {self.state.value} -> {state.value} is not allowed")
-        self.state = state
-
-    def fields(self) -> dict[str, Any]:
-        """How log events name this worker (`pid` is the logging process's own)."""
-        return {
-            "service": self.service,
-            "worker": self.slot,
-            "worker_pid": self.pid,
-            "generation": self.generation,
-        }
-
-
-@dataclass
-class Slot:
-    failures: int = 0
-    not_before: float = 0.0
-
-
-@dataclass
-class Generation:
-    """The config, listeners and worker counts that one generation of workers runs with."""
-
-    number: int
-    config: Config
-    listeners: dict[str, Listener]
-    sizes: dict[str, int] = field(default_factory=dict)
-    slots: dict[tuple[str, int], Slot] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.sizes = self.sizes or {s.name: s.workers for s in self.config.services}
-
-    def wanted(self) -> Iterator[tuple[ServiceConfig, int]]:
-        for service in self.config.services:
-            for index in range(self.sizes[service.name]):
-                yield service, index
-
-    def slot(self, service: str, index: int) -> Slot:
-        return self.slots.setdefault((service, index), Slot())
 
 
 class Pool:
@@ -136,7 +53,7 @@ class Pool:
 
     def of(self, generation: Generation) -> list[Worker]:
         """The live workers of `generation` that have not been told to stop."""
-        return [w for w in self if w.generation == generation.number and w.state not in _GONE]
+        return [w for w in self if w.generation == generation.number and w.state not in GONE]
 
     def all_ready(self, generation: Generation) -> bool:
         ready = {(w.service, w.slot) for w in self.of(generation) if w.state is WorkerState.READY}
@@ -255,6 +172,7 @@ class Pool:
             elif message["message"] == "alive":
                 worker.requests = message.get("requests", worker.requests)
             elif message["message"] == "retire":
+                worker.requests = message.get("requests", worker.requests)
                 self.retire(worker, message.get("reason", "asked"))
 
     def retire(self, worker: Worker, reason: str, **fields: Any) -> None:
@@ -264,41 +182,6 @@ class Pool:
             self.log.info(
                 "worker_retiring", **worker.fields(), reason=reason, requests=worker.requests, **fields
             )
-
-    def check_health(self, now: float) -> None:
-        """Kill workers that fell silent for their `timeout`; retire those past `max_rss`.
-
-        `now` is when the pipes were last read, not the current time."""
-        for worker in self:
-            if worker.state is WorkerState.STOPPING:
-                self._enforce_stop_deadline(worker, now)
-                continue
-            silent = now - (worker.started if worker.state is WorkerState.BOOTING else worker.last_seen)
-            if silent > worker.timeout:
-                self.log.error(
-                    "worker_timeout", **worker.fields(), state=worker.state.value, silent_for=round(silent, 3)
-                )
-                self.kill(worker)
-            elif worker.max_rss and worker.state is WorkerState.READY:
-                self._check_rss(worker, now)
-
-    def _enforce_stop_deadline(self, worker: Worker, now: float) -> None:
-        """A worker retired by a reload, a scale-down or recycling gets graceful_timeout too."""
-        if worker.stop_deadline is not None and now >= worker.stop_deadline:
-            worker.stop_deadline = None
-            self.log.warning("graceful_timeout_expired", **worker.fields())
-            self.kill(worker)
-
-    def _check_rss(self, worker: Worker, now: float) -> None:
-        if now - worker.rss_checked < RSS_CHECK_INTERVAL:
-            return
-        worker.rss_checked = now
-        try:
-            rss = psutil.Process(worker.pid).memory_info().rss
-        except psutil.Error:
-            return
-        if rss > worker.max_rss * 2**20:
-            self.retire(worker, "max_rss", rss_mib=round(rss / 2**20, 1), max_rss=worker.max_rss)
 
     def _close_channel(self, worker: Worker) -> None:
         if worker.channel_fd >= 0:

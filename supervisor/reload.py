@@ -1,4 +1,4 @@
-"""Reload: read the config again and prepare the next generation of workers.
+"""Reload: read the config again, prepare the next generation of workers, hand over to it.
 
 A listener is reused when a service of the new config has the same protocol and address as one
 that is running (whatever the service is called now), so its kernel backlog survives; only new
@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from supervisor import config as config_module
 from supervisor.addresses import InetAddress, UnixAddress
 from supervisor.config import Config, ServiceConfig
-from supervisor.pool import Generation
+from supervisor.errors import ConfigError, SockherdError
+from supervisor.pool import Pool
+from supervisor.reap import ExitStatus
 from supervisor.sockets import Listener, bind
+from supervisor.worker import Generation, Worker
+from workers import logs
 
 
 @dataclass
@@ -82,3 +88,119 @@ def supervisor_changes(old: Config, new: Config) -> list[str]:
     return [
         f"supervisor.{key}" for key in fixed if getattr(old.supervisor, key) != getattr(new.supervisor, key)
     ]
+
+
+def announce(log: Any, generation: Generation, listeners: Iterable[Listener]) -> None:
+    """Log where each of `listeners` (bound for `generation`) listens."""
+    announced = list(listeners)
+    for service in generation.config.services:
+        listener = generation.listeners[service.name]
+        if listener in announced:
+            log.info(
+                "listening", service=service.name, address=listener.address, protocol=service.protocol.value
+            )
+
+
+class Reloader:
+    """Drives reloads, one at a time; SIGHUPs that arrive meanwhile become one more reload.
+
+    A candidate generation is spawned whole; it replaces the running one only when every one of
+    its workers is ready, and is killed if one of them exits first or reload_timeout passes.
+    """
+
+    def __init__(self, pool: Pool, log_fd: int, hint: str) -> None:
+        self.pool = pool
+        self.log = pool.log
+        self.log_fd = log_fd
+        self.hint = hint
+        self.under_way: Reload | None = None
+        self.queued = False
+        self.last_generation = pool.current.number
+        self.retiring: list[Listener] = []  # replaced listeners, closed once no worker uses them
+
+    def request(self) -> None:
+        """A SIGHUP: reload now, or once the reload under way has ended."""
+        if self.under_way:
+            self.queued = True
+            self.log.info("reload_queued")
+        else:
+            self._start()
+
+    def _start(self) -> None:
+        number = self.last_generation + 1
+        config_path = self.pool.current.config.path
+        self.log.info("reload_started", generation=number, config=str(config_path))
+        try:
+            held = [*self.pool.current.listeners.values(), *self.retiring]
+            self.under_way = prepare(held, config_path, number, self.hint)
+        except ConfigError as exc:
+            self.log.error("reload_failed", generation=number, reason="invalid_config", problems=exc.problems)
+            return
+        except SockherdError as exc:
+            self.log.error("reload_failed", generation=number, reason="bind_failed", error=str(exc))
+            return
+        self.last_generation = number
+        announce(self.log, self.under_way.generation, self.under_way.fresh)
+        try:
+            for service, index in self.under_way.generation.wanted():
+                self.pool.spawn(self.under_way.generation, service, index)
+        except OSError as exc:
+            self._abandon("spawn_failed", error=str(exc))
+
+    def advance(self, now: float) -> None:
+        """Commit or abandon the reload under way when it is decided; start a queued one."""
+        if self.under_way is None:
+            if self.queued:
+                self.queued = False
+                self._start()
+        elif self.pool.all_ready(self.under_way.generation):
+            self._commit()
+        elif now >= self.under_way.deadline:
+            timeout = self.under_way.generation.config.supervisor.reload_timeout
+            self._abandon("timeout", reload_timeout=timeout)
+
+    def on_exit(self, worker: Worker, status: ExitStatus) -> None:
+        """A candidate worker that exits before the commit fails the reload."""
+        if self.under_way and worker.generation == self.under_way.generation.number:
+            self._abandon("boot_failed", worker_pid=worker.pid, status=str(status))
+
+    def _commit(self) -> None:
+        """The candidate is serving: retire the running generation and its replaced listeners."""
+        assert self.under_way is not None
+        old, new = self.pool.current, self.under_way.generation
+        apply_socket_options(new)
+        self.pool.current = new
+        self.pool.stop_all(below=new.number)
+        kept = list(new.listeners.values())
+        replaced = [listener for listener in old.listeners.values() if listener not in kept]
+        self.retiring = [listener for listener in [*self.retiring, *replaced] if listener not in kept]
+        if new.config.supervisor.log_level != old.config.supervisor.log_level:
+            logs.configure(new.config.supervisor.log_level, fd=self.log_fd, role="master")
+        for key in supervisor_changes(old.config, new.config):
+            self.log.warning("restart_required", key=key)
+        duration = round(time.monotonic() - self.under_way.started, 3)
+        self.log.info("reload_done", generation=new.number, duration=duration)
+        self.under_way = None
+
+    def _abandon(self, reason: str, **fields: Any) -> None:
+        """The candidate failed: kill it and close what was bound for it; nothing else changes."""
+        assert self.under_way is not None
+        self.pool.kill_all(generation=self.under_way.generation.number)
+        for listener in self.under_way.fresh:
+            listener.close()
+        self.log.error("reload_failed", generation=self.under_way.generation.number, reason=reason, **fields)
+        self.under_way = None
+
+    def cancel(self) -> None:
+        """A stop began: the candidate drains with everything else; its listeners are retired."""
+        if self.under_way:
+            self.retiring += self.under_way.fresh
+        self.under_way = None
+        self.queued = False
+
+    def close_retired(self) -> None:
+        """Close the replaced listeners that no worker serves on any more."""
+        for listener in [r for r in self.retiring if not self.pool.holds(r)]:
+            self.retiring.remove(listener)
+            self.log.info("listener_closed", service=listener.service, address=listener.address)
+            listener.close()
