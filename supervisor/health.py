@@ -27,7 +27,10 @@ def check(pool: Pool, now: float) -> None:
             pool.log.error(
                 "worker_timeout", **worker.fields(), state=worker.state.value, silent_for=round(silent, 3)
             )
+            booting = worker.state is WorkerState.BOOTING
             pool.kill(worker)
+            if booting and worker.generation == pool.current.number:
+                pool.schedule(worker, failed=True)  # a handler that hangs at import is a crash loop
         elif worker.max_rss and worker.state is WorkerState.READY:
             _check_rss(pool, worker, now)
 

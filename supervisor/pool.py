@@ -207,10 +207,11 @@ class Pool:
             state=worker.state.value,
         )
         if replace and worker.generation == self.current.number and worker.state is not WorkerState.STOPPING:
-            self._schedule(worker, failed=worker.state is WorkerState.BOOTING or uptime < MIN_UPTIME)
+            self.schedule(worker, failed=worker.state is WorkerState.BOOTING or uptime < MIN_UPTIME)
         return worker
 
-    def _schedule(self, worker: Worker, *, failed: bool) -> None:
+    def schedule(self, worker: Worker, *, failed: bool) -> None:
+        """Set when the slot of `worker` (of the current generation) may be refilled."""
         slot = self.current.slot(worker.service, worker.slot)
         slot.failures = slot.failures + 1 if failed else 0
         wait = backoff.delay(slot.failures)

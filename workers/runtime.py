@@ -153,8 +153,10 @@ class Worker:
 
     def run(self) -> int:
         """Serve until stopped; the main thread keeps watching signals and the master meanwhile."""
-        self.serving.start()
+        # "ready" goes first on the pipe: a "retire" sent by the serving loop (max_requests) must
+        # never reach the master before it, or the master, still seeing a booting worker, drops it.
         channel.send(self.spec.channel_fd, "ready")
+        self.serving.start()
         self.log.info("worker_ready", handler=self.spec.handler, concurrency=self.spec.concurrency)
         with selectors.DefaultSelector() as selector:
             selector.register(self.signals.fileno(), selectors.EVENT_READ)

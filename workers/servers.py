@@ -10,7 +10,10 @@ Class diagram (each class is the stdlib class of the same name plus `Adoptable`)
 
 They behave exactly like the stdlib servers, with three differences: `from_socket()` builds a
 server around an already bound socket; accepted TCP connections get TCP_NODELAY; and
-`handle_error()` logs one structured event instead of printing a traceback.
+`handle_error()` logs one structured event instead of printing a traceback. An optional
+`monitor` hears every turn of the serving loop (`service_actions`) and every accepted request
+(`verify_request`); the Forking classes go through `_ForkingMixIn` because the stdlib's
+`ForkingMixIn.service_actions` does not call `super()`.
 """
 
 from __future__ import annotations
@@ -124,19 +127,27 @@ class ThreadingUnixDatagramServer(socketserver.ThreadingMixIn, UnixDatagramServe
     pass
 
 
-class ForkingTCPServer(socketserver.ForkingMixIn, TCPServer):
+class _ForkingMixIn(socketserver.ForkingMixIn):
+    def service_actions(self) -> None:
+        super().service_actions()
+        # The stdlib's ForkingMixIn.service_actions does not call super(): without this line a
+        # fork worker never sends a heartbeat and is killed after `timeout`.
+        Adoptable.service_actions(self)  # type: ignore[arg-type]
+
+
+class ForkingTCPServer(_ForkingMixIn, TCPServer):
     pass
 
 
-class ForkingUDPServer(socketserver.ForkingMixIn, UDPServer):
+class ForkingUDPServer(_ForkingMixIn, UDPServer):
     pass
 
 
-class ForkingUnixStreamServer(socketserver.ForkingMixIn, UnixStreamServer):
+class ForkingUnixStreamServer(_ForkingMixIn, UnixStreamServer):
     pass
 
 
-class ForkingUnixDatagramServer(socketserver.ForkingMixIn, UnixDatagramServer):
+class ForkingUnixDatagramServer(_ForkingMixIn, UnixDatagramServer):
     pass
 
 
