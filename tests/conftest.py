@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,41 @@ def wait_until(predicate: Callable[[], Any], timeout: float = DEADLINE, what: st
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+def gone(pid: int) -> bool:
+    """The process has exited; a zombie waiting for a reaper outside the tree counts as exited."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes the connection (an abortive close included)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass  # a reset is the peer closing too; the data before it is what was answered
+    return data
+
+
+def in_flight(daemon: Daemon, marker: Path, seconds: float, service_name: str = "svc") -> socket.socket:
+    """A connection whose request is being handled (sleeping `seconds`) when this returns.
+
+    Needs the LifecycleStreamHandler of tests/handlers.py, whose `mark PATH N` creates PATH first.
+    """
+    client = socket.create_connection(daemon.address(service_name), timeout=DEADLINE)
+    try:
+        client.sendall(b"mark %s %g\n" % (bytes(marker), seconds))
+        client.shutdown(socket.SHUT_WR)
+        wait_until(marker.exists, what="the request to be in flight")
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
 def _toml_value(value: Any) -> str:

@@ -19,7 +19,19 @@ import pytest
 
 from supervisor import backoff
 from supervisor.pool import MIN_UPTIME
-from tests.conftest import DEADLINE, TESTS_DIR, Daemon, Launcher, render_config, run_cli, service, wait_until
+from tests.conftest import (
+    DEADLINE,
+    TESTS_DIR,
+    Daemon,
+    Launcher,
+    gone,
+    in_flight,
+    read_to_end,
+    render_config,
+    run_cli,
+    service,
+    wait_until,
+)
 
 LIFECYCLE = "handlers:LifecycleStreamHandler"
 
@@ -44,25 +56,6 @@ def lifecycle(concurrency: str = "thread", **keys: Any) -> dict[str, Any]:
     return service("tcp", concurrency, handler=LIFECYCLE, **keys)
 
 
-def gone(pid: int) -> bool:
-    """The process has exited; a zombie waiting for a reaper outside the tree counts as exited."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def read_to_end(sock: socket.socket) -> bytes:
-    """Everything the peer sends until it closes the connection (an abortive close included)."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass  # a reset is the peer closing too; the data before it is what was answered
-    return data
-
-
 def ask_at(address: tuple[str, int], command: bytes) -> bytes:
     """Send one command line on a new connection and return the whole reply."""
     with socket.create_connection(address, timeout=DEADLINE) as client:
@@ -80,19 +73,6 @@ def served_by(daemon: Daemon, service_name: str = "svc") -> int:
     reply = ask(daemon, b"pid\n", service_name)
     assert reply.endswith(b"\n") and len(reply.split()) == 2, reply
     return int(reply.split()[0])
-
-
-def in_flight(daemon: Daemon, marker: Path, seconds: float) -> socket.socket:
-    """A connection whose request is being handled (sleeping `seconds`) when this returns."""
-    client = socket.create_connection(daemon.address("svc"), timeout=DEADLINE)
-    try:
-        client.sendall(b"mark %s %g\n" % (bytes(marker), seconds))
-        client.shutdown(socket.SHUT_WR)
-        wait_until(marker.exists, what="the request to be in flight")
-    except BaseException:
-        client.close()
-        raise
-    return client
 
 
 def sequential_pids(daemon: Daemon, distinct: int, timeout: float = 30) -> list[int]:

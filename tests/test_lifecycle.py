@@ -18,7 +18,17 @@ import psutil
 import pytest
 
 from supervisor import backoff
-from tests.conftest import DEADLINE, TESTS_DIR, Daemon, Launcher, service, wait_until
+from tests.conftest import (
+    DEADLINE,
+    TESTS_DIR,
+    Daemon,
+    Launcher,
+    gone,
+    in_flight,
+    read_to_end,
+    service,
+    wait_until,
+)
 
 HANDLER = "handlers:LifecycleStreamHandler"
 FLOOD = 64 * 1024 * 1024  # far more than loopback socket buffers hold, so the sender must block
@@ -27,14 +37,6 @@ FLOOD = 64 * 1024 * 1024  # far more than loopback socket buffers hold, so the s
 def lifecycle(concurrency: str = "thread", **keys: Any) -> dict[str, Any]:
     """A TCP service on the lifecycle test handler."""
     return service("tcp", concurrency, handler=HANDLER, **keys)
-
-
-def gone(pid: int) -> bool:
-    """The process has exited; a zombie waiting for a reaper outside the tree counts as exited."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def all_gone(pids: set[int], timeout: float = DEADLINE) -> None:
@@ -48,36 +50,12 @@ def tree_pids(daemon: Daemon) -> set[int]:
     return pids
 
 
-def read_to_end(sock: socket.socket) -> bytes:
-    """Everything the peer sends until it closes the connection (an abortive close included)."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass  # a reset is the peer closing too; the data before it is what was answered
-    return data
-
-
 def ask(daemon: Daemon, command: bytes, service_name: str = "svc") -> bytes:
     """Send one command line on a new connection and return the whole reply."""
     with socket.create_connection(daemon.address(service_name), timeout=DEADLINE) as client:
         client.sendall(command)
         client.shutdown(socket.SHUT_WR)
         return read_to_end(client)
-
-
-def in_flight(daemon: Daemon, marker: Path, seconds: float) -> socket.socket:
-    """A connection whose request is being handled (sleeping `seconds`) when this returns."""
-    client = socket.create_connection(daemon.address("svc"), timeout=DEADLINE)
-    try:
-        client.sendall(b"mark %s %g\n" % (bytes(marker), seconds))
-        client.shutdown(socket.SHUT_WR)
-        wait_until(marker.exists, what="the request to be in flight")
-    except BaseException:
-        client.close()
-        raise
-    return client
 
 
 def timestamp(event: dict[str, Any]) -> datetime:

@@ -18,7 +18,18 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import DEADLINE, TESTS_DIR, Daemon, Launcher, render_config, run_cli, service, wait_until
+from tests.conftest import (
+    DEADLINE,
+    TESTS_DIR,
+    Daemon,
+    Launcher,
+    gone,
+    read_to_end,
+    render_config,
+    run_cli,
+    service,
+    wait_until,
+)
 from tests.load import Load, UnixHTTPConnection, http_get
 
 HELLO = "workers.examples.hello:HelloHandler"
@@ -117,24 +128,6 @@ def exited(daemon: Daemon, pids: set[int], timeout: float = DEADLINE) -> dict[in
 
     wait_until(lambda: len(found()) == len(pids), timeout, f"workers {sorted(pids)} to exit")
     return found()
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def read_to_end(sock: socket.socket) -> bytes:
-    """Everything the peer sends until it closes the connection (an abortive close included)."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data
 
 
 def connect(address: Any) -> socket.socket:
