@@ -75,3 +75,18 @@ class LifecycleStreamHandler(socketserver.StreamRequestHandler):
                 _flood(self.wfile, int(argument))
             else:
                 self.wfile.write(_reply(line))
+
+
+class LifecycleDatagramHandler(socketserver.DatagramRequestHandler):
+    """`mark PATH N` in a datagram: create PATH (the request is in flight), sleep N, answer "slept"."""
+
+    def handle(self) -> None:
+        word, _, argument = self.rfile.read().strip().partition(b" ")
+        if word == b"mark":
+            path, _, seconds = argument.rpartition(b" ")
+            with open(path, "w"):
+                pass
+            time.sleep(float(seconds))
+            self.wfile.write(b"slept\n")
+        else:
+            self.wfile.write(_reply(word + b" " + argument))

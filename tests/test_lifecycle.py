@@ -235,6 +235,23 @@ class TestGracefulStop:
         assert not daemon.events("graceful_timeout_expired")
         all_gone(pids)
 
+    @pytest.mark.parametrize("concurrency", ["thread", "fork", "sync"])
+    def test_in_flight_datagram_gets_its_reply(
+        self, sockherd: Launcher, tmp_path: Path, concurrency: str
+    ) -> None:
+        """A datagram being handled at SIGTERM is still answered: its reply needs the listening socket."""
+        table = service("udp", concurrency, handler="handlers:LifecycleDatagramHandler")
+        daemon = sockherd.start({"svc": table})
+        marker = tmp_path / "started"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(DEADLINE)
+            client.sendto(b"mark %s 1" % bytes(marker), daemon.address("svc"))
+            wait_until(marker.exists, what="the datagram to be in flight")
+            daemon.send(signal.SIGTERM)
+            assert client.recv(100) == b"slept\n"
+        assert daemon.wait_exit() == 0
+        assert not daemon.events("handler_error")
+
     def test_sigint_is_graceful(self, sockherd: Launcher, tmp_path: Path) -> None:
         """SIGINT stops like SIGTERM: the in-flight request is answered and the master exits 0."""
         daemon = sockherd.start({"svc": lifecycle()})

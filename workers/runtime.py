@@ -106,6 +106,13 @@ def _in_request_child(spec: WorkerSpec, server: Adoptable) -> None:
         server.socket.close()  # datagram children reply through the listening socket
 
 
+def _join_handler_threads() -> None:
+    """What the interpreter does at exit, which os._exit skips: wait for non-daemon threads."""
+    for thread in threading.enumerate():
+        if not (thread.daemon or thread is threading.main_thread()):
+            thread.join()
+
+
 class Monitor:
     """Heartbeats and request counting, from the serving thread to the master.
 
@@ -153,11 +160,12 @@ class Worker:
 
     def run(self) -> int:
         """Serve until stopped; the main thread keeps watching signals and the master meanwhile."""
-        # "ready" goes first on the pipe: a "retire" sent by the serving loop (max_requests) must
-        # never reach the master before it, or the master, still seeing a booting worker, drops it.
+        # The event first (whoever sees the master's `ready` may act on this worker at once), then
+        # "ready" on the pipe before the serving loop runs: a "retire" it sends (max_requests)
+        # must never reach the master first, or the master, still seeing a booting worker, drops it.
+        self.log.info("worker_ready", handler=self.spec.handler, concurrency=self.spec.concurrency)
         channel.send(self.spec.channel_fd, "ready")
         self.serving.start()
-        self.log.info("worker_ready", handler=self.spec.handler, concurrency=self.spec.concurrency)
         with selectors.DefaultSelector() as selector:
             selector.register(self.signals.fileno(), selectors.EVENT_READ)
             selector.register(self.spec.lifeline_fd, selectors.EVENT_READ)
@@ -195,11 +203,12 @@ class Worker:
     def _drain(self) -> None:
         """Stop accepting, then let in-flight requests finish as the stdlib would at exit."""
         self.server.shutdown()
+        if self.spec.protocol in ("udp", "unix-dgram"):
+            # A datagram reply leaves through the listening socket: close it only once every
+            # handler thread is done (the stdlib's server_close closes first, then joins).
+            _join_handler_threads()
         self.server.server_close()  # joins threads / waits for children when block_on_close
-        for thread in threading.enumerate():
-            # What the interpreter does at exit, which os._exit skips: wait for non-daemon threads.
-            if not (thread.daemon or thread is threading.main_thread()):
-                thread.join()
+        _join_handler_threads()
 
     def _orphaned(self) -> None:
         """The master is gone: nobody supervises this process; take it and its children down."""
