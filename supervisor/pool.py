@@ -253,11 +253,10 @@ class Pool:
             worker.move_to(WorkerState.STOPPING)
         _signal_group(worker.pid, signal.SIGKILL)
 
-    def kill_all(self, generation: int | None = None) -> None:
-        """Kill every worker (of one generation, if given) together with its request children."""
+    def kill_all(self) -> None:
+        """Kill every worker together with its request children."""
         for worker in self:
-            if generation is None or worker.generation == generation:
-                self.kill(worker)
+            self.kill(worker)
 
 
 def _signal_pid(pid: int, signum: signal.Signals) -> None:

@@ -21,7 +21,7 @@ from supervisor.errors import ConfigError, SockherdError
 from supervisor.pool import Pool
 from supervisor.reap import ExitStatus
 from supervisor.sockets import Listener, bind
-from supervisor.worker import Generation, Worker
+from supervisor.worker import Generation, Worker, WorkerState
 from workers import logs
 
 
@@ -183,9 +183,16 @@ class Reloader:
         self.under_way = None
 
     def _abandon(self, reason: str, **fields: Any) -> None:
-        """The candidate failed: kill it and close what was bound for it; nothing else changes."""
+        """The candidate failed: take it down and close what was bound for it; nothing else changes.
+
+        Its ready workers may already have accepted requests on a shared listener: they drain
+        like any retired worker. Those still booting have nothing to lose and are killed."""
         assert self.under_way is not None
-        self.pool.kill_all(generation=self.under_way.generation.number)
+        for worker in self.pool.of(self.under_way.generation):
+            if worker.state is WorkerState.READY:
+                self.pool.stop(worker)
+            else:
+                self.pool.kill(worker)
         for listener in self.under_way.fresh:
             listener.close()
         self.log.error("reload_failed", generation=self.under_way.generation.number, reason=reason, **fields)

@@ -80,6 +80,24 @@ from handlers import CommandStreamHandler as Handler
 """
 
 
+# The first worker to import it fails after a second, once its sibling is ready; the probe never.
+ONE_FAILS_LATE = """\
+import os
+import sys
+import time
+
+if "probe" not in sys.argv[0]:
+    try:
+        os.unlink("{flag}")
+    except FileNotFoundError:
+        pass
+    else:
+        time.sleep(1)
+        raise RuntimeError("this worker fails on purpose")
+from handlers import CommandStreamHandler as Handler
+"""
+
+
 # Helpers ------------------------------------------------------------------------------------------
 
 
@@ -551,6 +569,20 @@ class TestRollback:
         assert set(daemon.workers()) == old
         assert served_by(daemon.address("svc")) <= old
         assert not daemon.events("worker_stopping", generation=1)
+
+    def test_ready_candidates_drain_when_the_reload_fails(self, sockherd: Launcher, modules: Path) -> None:
+        """Candidate workers already serving when the reload fails are stopped gracefully, not killed."""
+        write_module(modules, "oneslow", ONE_FAILS_LATE.format(flag=str(modules / "fail-next")))
+        paths = pythonpath(modules)
+        daemon = sockherd.start({"svc": service(workers=2)}, pythonpath=paths)
+        rewrite(sockherd, daemon, {"svc": service(workers=2, handler="oneslow:Handler")}, pythonpath=paths)
+        (modules / "fail-next").touch()
+        failed = reload(daemon)
+        assert (failed["event"], failed["reason"]) == ("reload_failed", "boot_failed")
+        ready = {e["pid"] for e in daemon.events("worker_ready", generation=2)}
+        assert len(ready) == 1
+        [outcome] = exited(daemon, ready).values()
+        assert (outcome["exit_code"], outcome["signal"], outcome["state"]) == (0, None, "stopping")
 
     def test_boot_failed_uses_up_generation_number(self, sockherd: Launcher, modules: Path) -> None:
         """A reload that got past validation used its number: the next one is generation 3."""
