@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from supervisor import health, pidfile, reload
+from supervisor import health, pidfile, reload, systemd
 from supervisor.config import Config
 from supervisor.errors import ExitCode, SockherdError
 from supervisor.pool import Pool
@@ -37,6 +37,7 @@ MASTER_SIGNALS = (
     signal.SIGTTOU,
 )
 _MAX_WAIT = 1.0  # the loop wakes at least this often, events or not
+_STOP_MARGIN = 5.0  # asked of systemd beyond graceful_timeout: killing and cleaning up take time
 
 
 class State(enum.Enum):
@@ -91,7 +92,8 @@ class Master:
         self.pool = Pool(
             Generation(1, config, listeners), self.lifeline_r, log_fd, MASTER_SIGNALS, self.selector, self.log
         )
-        self.reloader = reload.Reloader(self.pool, log_fd, f"see {pid_path}")
+        self.notifier = systemd.Notifier.from_environment(self.log)  # before any worker is forked
+        self.reloader = reload.Reloader(self.pool, log_fd, f"see {pid_path}", self.notifier)
         self.announced_ready = False
         # When the loop last read the workers' pipes: silence is measured up to then, so a loop
         # that was busy (a reload's handler probe) never mistakes unread heartbeats for silence.
@@ -130,6 +132,8 @@ class Master:
             deadlines.append(refill)
         if self.state is State.DRAINING:
             deadlines.append(self.deadline)
+        if ping := self.notifier.next_ping():
+            deadlines.append(ping)
         events = self.selector.select(timeout=max(0.0, min(deadlines) - now))
         self.polled_at = time.monotonic()
         for key, _ in events:
@@ -184,6 +188,7 @@ class Master:
     def _drain(self, signum: signal.Signals) -> None:
         timeout = self.config.supervisor.graceful_timeout
         self.log.info("stopping", signal=signum.name, graceful=True, graceful_timeout=timeout)
+        self.notifier.stopping(f"draining, graceful_timeout {timeout:g}s")
         self.reloader.cancel()
         self.move_to(State.DRAINING)
         self.deadline = time.monotonic() + timeout
@@ -194,6 +199,7 @@ class Master:
         if self.state in (State.KILLING, State.STOPPED):
             return
         self.log.warning("stopping", reason=reason, graceful=False)
+        self.notifier.stopping(f"stopping at once ({reason})")
         self.reloader.cancel()
         self.move_to(State.KILLING)
         self.pool.kill_all()
@@ -213,6 +219,7 @@ class Master:
     # Housekeeping ---------------------------------------------------------------------------
 
     def _tick(self, now: float) -> None:
+        self.notifier.watchdog(now)  # from the loop itself: a stuck loop stops the pings
         self.reloader.close_retired()
         if self.state in (State.RUNNING, State.RELOADING):
             health.check(self.pool, self.polled_at)
@@ -224,9 +231,12 @@ class Master:
             if not self.announced_ready and self.pool.all_ready(self.pool.current):
                 self.announced_ready = True
                 self.log.info("ready", workers=len(self.pool))
+                self.notifier.ready(self.pool.summary())
         elif not self.pool and not self._orphans():
             self.move_to(State.STOPPED)
-        elif self.state is State.DRAINING and now >= self.deadline:
+        elif self.state is State.DRAINING and now < self.deadline:
+            self.notifier.extend_timeout(self.deadline - now + _STOP_MARGIN)
+        elif self.state is State.DRAINING:
             self.log.warning("graceful_timeout_expired", workers_left=len(self.pool))
             self._kill("graceful_timeout")
         elif self.state is State.KILLING:
@@ -250,6 +260,7 @@ class Master:
     def _close(self) -> None:
         for listener in self._listeners():
             listener.close()
+        self.notifier.close()
         self.signals.close()
         self.selector.close()
         os.close(self.lifeline_r)

@@ -55,6 +55,12 @@ class Pool:
         """The live workers of `generation` that have not been told to stop."""
         return [w for w in self if w.generation == generation.number and w.state not in GONE]
 
+    def summary(self) -> str:
+        """One human line for systemd's STATUS=."""
+        services = len(self.current.config.services)
+        ready = sum(1 for w in self.of(self.current) if w.state is WorkerState.READY)
+        return f"{services} services, {ready} workers ready, generation {self.current.number}"
+
     def all_ready(self, generation: Generation) -> bool:
         ready = {(w.service, w.slot) for w in self.of(generation) if w.state is WorkerState.READY}
         return ready >= {(s.name, i) for s, i in generation.wanted()}

@@ -21,6 +21,7 @@ from supervisor.errors import ConfigError, SockherdError
 from supervisor.pool import Pool
 from supervisor.reap import ExitStatus
 from supervisor.sockets import Listener, bind
+from supervisor.systemd import Notifier
 from supervisor.worker import Generation, Worker, WorkerState
 from workers import logs
 
@@ -108,8 +109,9 @@ class Reloader:
     its workers is ready, and is killed if one of them exits first or reload_timeout passes.
     """
 
-    def __init__(self, pool: Pool, log_fd: int, hint: str) -> None:
+    def __init__(self, pool: Pool, log_fd: int, hint: str, notifier: Notifier) -> None:
         self.pool = pool
+        self.notifier = notifier
         self.log = pool.log
         self.log_fd = log_fd
         self.hint = hint
@@ -127,6 +129,7 @@ class Reloader:
             self._start()
 
     def _start(self) -> None:
+        self.notifier.reloading()
         number = self.last_generation + 1
         config_path = self.pool.current.config.path
         self.log.info("reload_started", generation=number, config=str(config_path))
@@ -135,9 +138,11 @@ class Reloader:
             self.under_way = prepare(held, config_path, number, self.hint)
         except ConfigError as exc:
             self.log.error("reload_failed", generation=number, reason="invalid_config", problems=exc.problems)
+            self.notifier.ready(self.pool.summary())
             return
         except SockherdError as exc:
             self.log.error("reload_failed", generation=number, reason="bind_failed", error=str(exc))
+            self.notifier.ready(self.pool.summary())
             return
         self.last_generation = number
         announce(self.log, self.under_way.generation, self.under_way.fresh)
@@ -181,6 +186,7 @@ class Reloader:
         duration = round(time.monotonic() - self.under_way.started, 3)
         self.log.info("reload_done", generation=new.number, duration=duration)
         self.under_way = None
+        self.notifier.ready(self.pool.summary())
 
     def _abandon(self, reason: str, **fields: Any) -> None:
         """The candidate failed: take it down and close what was bound for it; nothing else changes.
@@ -197,6 +203,7 @@ class Reloader:
             listener.close()
         self.log.error("reload_failed", generation=self.under_way.generation.number, reason=reason, **fields)
         self.under_way = None
+        self.notifier.ready(self.pool.summary())
 
     def cancel(self) -> None:
         """A stop began: the candidate drains with everything else; its listeners are retired."""

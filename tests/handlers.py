@@ -16,7 +16,8 @@ if _import_log := os.environ.get("SOCKHERD_TEST_IMPORT_LOG"):
 
 
 def _reply(command: bytes) -> bytes:
-    """`sleep N` sleeps N seconds; `boom` raises; `pid` answers pid and ppid; else echo."""
+    """`sleep N` sleeps N seconds; `boom` raises; `pid` answers pid and ppid; `env NAME` answers
+    the variable's value ("-" when unset); else echo."""
     word, _, argument = command.strip().partition(b" ")
     if word == b"sleep":
         time.sleep(float(argument))
@@ -25,6 +26,8 @@ def _reply(command: bytes) -> bytes:
         raise RuntimeError("boom requested by the test")
     if word == b"pid":
         return f"{os.getpid()} {os.getppid()}\n".encode()
+    if word == b"env":
+        return os.environ.get(argument.decode(), "-").encode() + b"\n"
     return command
 
 
