@@ -67,8 +67,13 @@ def run(config: Config, log_fd: int = 2) -> int:
     except (OSError, SockherdError) as exc:
         log.critical("start_failed", error=str(exc))
         return ExitCode.FAILURE
+    passed = systemd.activated_sockets()
+    for name in passed.keys() - {s.name for s in config.services}:
+        log.warning(
+            "activation_socket_unused", name=name, fix="name it after a service (FileDescriptorName=)"
+        )
     try:
-        listeners = bind_all(config.services, hint=f"another sockherd? see {pid_path}")
+        listeners = bind_all(config.services, f"another sockherd? see {pid_path}", passed)
         return Master(config, listeners, pid_path, log_fd).run()
     except SockherdError as exc:
         log.critical("start_failed", error=str(exc))

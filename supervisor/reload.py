@@ -63,8 +63,12 @@ def prepare(held: list[Listener], path: Path, number: int, hint: str) -> Reload:
 def _reusable(held: list[Listener], service: ServiceConfig) -> Listener | None:
     """The held listener with the same protocol and address, if any.
 
-    A port-0 address means "any free port", so it matches only the same service's listener.
+    A port-0 address means "any free port", so it matches only the same service's listener; a
+    socket passed by systemd matches its service by name.
     """
+    for listener in held:
+        if listener.passed and listener.service == service.name:
+            return listener  # systemd's socket stays with its service, whatever `listen` says now
     ephemeral = isinstance(service.listen, InetAddress) and service.listen.port == 0
     for listener in held:
         same = listener.bound_for == (service.protocol, service.listen)

@@ -29,6 +29,7 @@ class Listener:
     sock: socket.socket
     created: tuple[Path, int] | None = None  # (path, inode) of a socket file we made
     bound_for: tuple[Protocol, Address] | None = None  # the protocol and address as configured
+    passed: bool = False  # handed over by systemd: never bound, unlinked or shut down by us
 
     @property
     def address(self) -> str:
@@ -48,12 +49,19 @@ class Listener:
                     path.unlink()
 
 
-def bind_all(services: Iterable[ServiceConfig], hint: str) -> dict[str, Listener]:
-    """Bind every service or none: on a failure the ones already bound are closed again."""
+def bind_all(
+    services: Iterable[ServiceConfig], hint: str, passed: dict[str, socket.socket] | None = None
+) -> dict[str, Listener]:
+    """Adopt the sockets systemd passed (by service name) and bind the rest, all or none: on a
+    failure the ones already bound are closed again."""
     listeners: dict[str, Listener] = {}
+    passed = passed or {}
     try:
         for service in services:
-            listeners[service.name] = bind(service, hint)
+            if service.name in passed:
+                listeners[service.name] = adopt(service, passed[service.name])
+            else:
+                listeners[service.name] = bind(service, hint)
     except BaseException:
         for listener in listeners.values():
             listener.close()
@@ -77,6 +85,27 @@ def bind(service: ServiceConfig, hint: str) -> Listener:
         listener.sock.listen(service.backlog)
     listener.sock.setblocking(False)
     return listener
+
+
+_FAMILIES = {
+    Protocol.TCP: ((socket.AF_INET, socket.AF_INET6), socket.SOCK_STREAM),
+    Protocol.UDP: ((socket.AF_INET, socket.AF_INET6), socket.SOCK_DGRAM),
+    Protocol.UNIX_STREAM: ((socket.AF_UNIX,), socket.SOCK_STREAM),
+    Protocol.UNIX_DGRAM: ((socket.AF_UNIX,), socket.SOCK_DGRAM),
+}
+
+
+def adopt(service: ServiceConfig, sock: socket.socket) -> Listener:
+    """A socket systemd passed for `service`; its family and type must fit the protocol."""
+    families, kind = _FAMILIES[service.protocol]
+    if sock.family not in families or sock.type != kind:
+        raise BindError(
+            f"services.{service.name}: the socket systemd passed (FileDescriptorName={service.name}) is "
+            f'{sock.family.name}/{sock.type.name}, which cannot serve protocol = "{service.protocol}" '
+            "(fix ListenStream=/ListenDatagram= in the socket unit, or the protocol)"
+        )
+    sock.setblocking(False)
+    return Listener(service.name, sock, bound_for=(service.protocol, service.listen), passed=True)
 
 
 def _bind_inet(address: InetAddress, kind: socket.SocketKind, key: str) -> socket.socket:

@@ -25,6 +25,28 @@ _MASTER_ONLY = (
 )
 
 
+LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START: passed sockets are fds 3, 4, ...
+
+
+def activated_sockets() -> dict[str, socket.socket]:
+    """Sockets systemd passed us (socket activation), by FileDescriptorName=, and unset LISTEN_*.
+
+    Only when LISTEN_PID is our pid: the variables may have been meant for a parent. An unnamed
+    socket is called "unknown", as systemd does.
+    """
+    pid, count = os.environ.get("LISTEN_PID", ""), os.environ.get("LISTEN_FDS", "")
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    if pid != str(os.getpid()) or not count.isdigit():
+        return {}
+    passed = {}
+    for index in range(int(count)):
+        name = names[index] if index < len(names) and names[index] else "unknown"
+        passed[name] = socket.socket(fileno=LISTEN_FDS_START + index)
+    return passed
+
+
 class Notifier:
     """Sends sd_notify messages; does nothing when sockherd was not started by systemd."""
 

@@ -272,3 +272,10 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 60) -> subproc
         cwd=cwd,
         stdin=subprocess.DEVNULL,
     )
+
+
+def free_inet_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A loopback port nothing listens on right now (for tools that need a fixed port)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
