@@ -49,10 +49,35 @@ def _order(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return first
 
 
+# syslog priorities, for the "<N>" prefix journald reads off each line of a service's stderr.
+_PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+
+
+def is_journal(fd: int) -> bool:
+    """Whether `fd` is the journal's stream: $JOURNAL_STREAM names its device and inode."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        stat = os.fstat(fd)
+    except OSError:
+        return False
+    return f"{stat.st_dev}:{stat.st_ino}" == f"{device}:{inode}"
+
+
+def _with_priority(render: Any) -> Any:
+    """Prefix each rendered line with its syslog priority; the line stays one JSON event."""
+
+    def prefixed(logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
+        return f"<{_PRIORITIES.get(event.get('level', ''), 6)}>{render(logger, name, event)}"
+
+    return prefixed
+
+
 def configure(level: str = "info", fd: int = 2, **context: Any) -> None:
-    """(Re)configure logging for this process; `context` is added to every event."""
+    """(Re)configure logging for this process; `context` is added to every event. On the
+    journal's stream each line carries its priority, so `journalctl -p warning` filters."""
     _static.clear()
     _static.update(context)
+    render = structlog.processors.JSONRenderer(default=str)
     structlog.configure(
         processors=[
             _add_context,
@@ -60,7 +85,7 @@ def configure(level: str = "info", fd: int = 2, **context: Any) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             structlog.processors.format_exc_info,
             _order,
-            structlog.processors.JSONRenderer(default=str),
+            _with_priority(render) if is_journal(fd) else render,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=lambda *_: FdLogger(fd),
