@@ -173,12 +173,8 @@ class Master:
     def _reopen_logs(self) -> None:
         """Reopen the log file here and in every worker (logrotate's postrotate sends SIGUSR1)."""
         path = self.config.supervisor.log_file
-        if path:
-            try:
-                logs.reopen(path, self.log_fd)
-            except OSError as exc:
-                self.log.error("logs_reopen_failed", path=str(path), error=str(exc))
-                return
+        if not logs.reopen_or_log(path, self.log_fd):
+            return
         self.pool.signal_all(signal.SIGUSR1)
         self.log.info("logs_reopened", path=str(path) if path else None)
 

@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from supervisor import backoff
 from supervisor.config import ServiceConfig
 from supervisor.reap import ExitStatus
 from supervisor.sockets import Listener
@@ -55,28 +54,31 @@ class Pool:
         """The live workers of `generation` that have not been told to stop."""
         return [w for w in self if w.generation == generation.number and w.state not in GONE]
 
+    def _slots(self, generation: Generation, *, ready: bool = False) -> set[tuple[str, int]]:
+        """The (service, slot) pairs of `generation` that a worker fills (a ready one, if asked)."""
+        return {(w.service, w.slot) for w in self.of(generation) if not ready or w.state is WorkerState.READY}
+
     def summary(self) -> str:
         """One human line for systemd's STATUS=."""
         services = len(self.current.config.services)
-        ready = sum(1 for w in self.of(self.current) if w.state is WorkerState.READY)
+        ready = len(self._slots(self.current, ready=True))
         return f"{services} services, {ready} workers ready, generation {self.current.number}"
 
     def all_ready(self, generation: Generation) -> bool:
-        ready = {(w.service, w.slot) for w in self.of(generation) if w.state is WorkerState.READY}
-        return ready >= {(s.name, i) for s, i in generation.wanted()}
+        return self._slots(generation, ready=True) >= {(s.name, i) for s, i in generation.wanted()}
 
     def reconcile(self, now: float) -> None:
         """Fill every empty slot of the current generation whose backoff has passed; stop the
         workers of slots that scaling removed."""
         generation = self.current
-        filled = {(w.service, w.slot) for w in self.of(generation)}
+        filled = self._slots(generation)
         for service, index in generation.wanted():
             if (service.name, index) not in filled and now >= generation.slot(service.name, index).not_before:
                 self._try_spawn(generation, service, index)
         for worker in self.of(generation):
             if worker.slot >= generation.sizes.get(worker.service, 0):
                 self.stop(worker)
-        ready = {(w.service, w.slot) for w in self.of(generation) if w.state is WorkerState.READY}
+        ready = self._slots(generation, ready=True)
         for worker in self:
             replaced = worker.generation != generation.number or (worker.service, worker.slot) in ready
             if worker.state is WorkerState.RETIRING and replaced:
@@ -88,9 +90,7 @@ class Pool:
             self.spawn(generation, service, index)
         except OSError as exc:
             slot = generation.slot(service.name, index)
-            slot.failures += 1
-            wait = backoff.delay(slot.failures)
-            slot.not_before = time.monotonic() + wait
+            wait = slot.back_off(failed=True)
             self.log.error(
                 "spawn_failed",
                 service=service.name,
@@ -102,7 +102,7 @@ class Pool:
 
     def next_deadline(self) -> float | None:
         """When the earliest delayed slot of the current generation may be refilled."""
-        filled = {(w.service, w.slot) for w in self.of(self.current)}
+        filled = self._slots(self.current)
         waiting = [
             self.current.slot(s.name, i).not_before
             for s, i in self.current.wanted()
@@ -172,13 +172,11 @@ class Pool:
         if not data:
             self._close_channel(worker)
         worker.last_seen = time.monotonic()
-        for message in worker.reader.feed(data):
+        for message in worker.reader.feed(data):  # "alive" carries nothing else
+            worker.requests = message.get("requests", worker.requests)
             if message["message"] == "ready" and worker.state is WorkerState.BOOTING:
                 worker.move_to(WorkerState.READY)
-            elif message["message"] == "alive":
-                worker.requests = message.get("requests", worker.requests)
             elif message["message"] == "retire":
-                worker.requests = message.get("requests", worker.requests)
                 self.retire(worker, message.get("reason", "asked"))
 
     def retire(self, worker: Worker, reason: str, **fields: Any) -> None:
@@ -219,9 +217,7 @@ class Pool:
     def schedule(self, worker: Worker, *, failed: bool) -> None:
         """Set when the slot of `worker` (of the current generation) may be refilled."""
         slot = self.current.slot(worker.service, worker.slot)
-        slot.failures = slot.failures + 1 if failed else 0
-        wait = backoff.delay(slot.failures)
-        slot.not_before = time.monotonic() + wait
+        wait = slot.back_off(failed=failed)
         if wait:
             self.log.warning(
                 "worker_respawn_delayed",

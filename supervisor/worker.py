@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from supervisor import backoff
 from supervisor.config import Config, ServiceConfig
 from supervisor.sockets import Listener
 from workers import channel
@@ -70,6 +71,13 @@ class Worker:
 class Slot:
     failures: int = 0
     not_before: float = 0.0
+
+    def back_off(self, *, failed: bool) -> float:
+        """Count a failure (or clear the count) and return how long the slot now waits."""
+        self.failures = self.failures + 1 if failed else 0
+        wait = backoff.delay(self.failures)
+        self.not_before = time.monotonic() + wait
+        return wait
 
 
 @dataclass

@@ -58,6 +58,15 @@ def _flood(wfile: object, size: int) -> None:
         size -= len(chunk)
 
 
+def _mark(argument: bytes) -> bytes:
+    """`mark PATH N`: create PATH (the request is in flight), sleep N seconds, answer "slept"."""
+    path, _, seconds = argument.rpartition(b" ")
+    with open(path, "w"):
+        pass
+    time.sleep(float(seconds))
+    return b"slept\n"
+
+
 class LifecycleStreamHandler(socketserver.StreamRequestHandler):
     """The commands of CommandStreamHandler, plus for lifecycle tests: `mark PATH N` creates PATH
     (the request is in flight) then sleeps N seconds and answers "slept"; `exit N` ends the serving
@@ -67,11 +76,7 @@ class LifecycleStreamHandler(socketserver.StreamRequestHandler):
         for line in self.rfile:
             word, _, argument = line.strip().partition(b" ")
             if word == b"mark":
-                path, _, seconds = argument.rpartition(b" ")
-                with open(path, "w"):
-                    pass
-                time.sleep(float(seconds))
-                self.wfile.write(b"slept\n")
+                self.wfile.write(_mark(argument))
             elif word == b"exit":
                 os._exit(int(argument))
             elif word == b"flood":
@@ -84,12 +89,6 @@ class LifecycleDatagramHandler(socketserver.DatagramRequestHandler):
     """`mark PATH N` in a datagram: create PATH (the request is in flight), sleep N, answer "slept"."""
 
     def handle(self) -> None:
-        word, _, argument = self.rfile.read().strip().partition(b" ")
-        if word == b"mark":
-            path, _, seconds = argument.rpartition(b" ")
-            with open(path, "w"):
-                pass
-            time.sleep(float(seconds))
-            self.wfile.write(b"slept\n")
-        else:
-            self.wfile.write(_reply(word + b" " + argument))
+        data = self.rfile.read()
+        word, _, argument = data.strip().partition(b" ")
+        self.wfile.write(_mark(argument) if word == b"mark" else _reply(data))

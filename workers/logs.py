@@ -111,6 +111,18 @@ def reopen(path: Path, fd: int) -> None:
         os.close(fresh)
 
 
+def reopen_or_log(path: Path | None, fd: int) -> bool:
+    """Reopen `path` (if logging goes to a file) onto `fd`; a failure is logged, not raised."""
+    if path is None:
+        return True
+    try:
+        reopen(path, fd)
+    except OSError as exc:
+        get_logger().error("logs_reopen_failed", path=str(path), error=str(exc))
+        return False
+    return True
+
+
 def get_logger() -> Any:
     """The process's logger: `get_logger().info("event_name", key=value)`."""
     return structlog.get_logger()

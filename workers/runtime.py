@@ -56,6 +56,10 @@ class WorkerSpec:
     channel_fd: int
     lifeline_fd: int
 
+    @property
+    def stream(self) -> bool:
+        return self.protocol in ("tcp", "unix-stream")
+
 
 def worker_main(spec: WorkerSpec) -> int:
     """Run one worker to completion and return its exit code."""
@@ -102,7 +106,7 @@ def _in_request_child(spec: WorkerSpec, server: Adoptable) -> None:
         signal.signal(signum, signal.SIG_DFL)
     for fd in (spec.channel_fd, spec.lifeline_fd):
         os.close(fd)
-    if spec.protocol in ("tcp", "unix-stream"):
+    if spec.stream:
         server.socket.close()  # datagram children reply through the listening socket
 
 
@@ -175,7 +179,7 @@ class Worker:
                     self._orphaned()
                 for signum in self.signals.drain():  # SIGHUP: reloading is the master's business
                     if signum == signal.SIGUSR1:
-                        self._reopen_logs()
+                        logs.reopen_or_log(self.spec.log_file, self.spec.log_fd)
                     elif signum == signal.SIGQUIT or (signum in _STOP_SIGNALS and self.draining):
                         self.log.info("worker_stopping", signal=signum.name, immediate=True)
                         return 0
@@ -187,13 +191,6 @@ class Worker:
                 if not self.draining and not self.serving.is_alive():
                     return 1
 
-    def _reopen_logs(self) -> None:
-        if self.spec.log_file:
-            try:
-                logs.reopen(self.spec.log_file, self.spec.log_fd)
-            except OSError as exc:
-                self.log.error("logs_reopen_failed", path=str(self.spec.log_file), error=str(exc))
-
     def _start_draining(self, signum: signal.Signals) -> None:
         self.log.info("worker_stopping", signal=signum.name, daemon_threads=self.spec.daemon_threads)
         self.server.draining = True  # type: ignore[attr-defined]
@@ -203,7 +200,7 @@ class Worker:
     def _drain(self) -> None:
         """Stop accepting, then let in-flight requests finish as the stdlib would at exit."""
         self.server.shutdown()
-        if self.spec.protocol in ("udp", "unix-dgram"):
+        if not self.spec.stream:
             # A datagram reply leaves through the listening socket: close it only once every
             # handler thread is done (the stdlib's server_close closes first, then joins).
             _join_handler_threads()
