@@ -1,4 +1,8 @@
-"""The `sockherd` command line: `run` and `check`."""
+"""The `sockherd` command line.
+
+`run` and `check` read the config; `status`, `reload`, `stop`, `scale` and `reopen-logs` talk
+to the running daemon through the control socket in the config's runtime_dir.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from supervisor import __version__, config, master
+from supervisor import __version__, boot, client, config
 from supervisor.errors import ConfigError, ExitCode
 from workers import logs
 
 DEFAULT_CONFIG = Path("/etc/sockherd/sockherd.toml")
+COMMANDS = {
+    "run": "run until stopped (in the foreground, or detached with --daemon)",
+    "check": "validate the config (imports handlers) and exit",
+    "status": "show the running daemon's services and workers (exit 3 when not running)",
+    "reload": "reload the config and handler code; wait for the outcome (exit 1 if it failed)",
+    "stop": "stop gracefully and wait until the daemon has exited",
+    "scale": "set the number of workers of one service (until the next reload)",
+    "reopen-logs": "reopen the log file everywhere (after rotating it)",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,10 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sockherd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, text in (
-        ("run", "run in the foreground until stopped"),
-        ("check", "validate the config (imports handlers) and exit"),
-    ):
+    for name, text in COMMANDS.items():
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument(
             "-c",
@@ -32,11 +42,45 @@ def _parser() -> argparse.ArgumentParser:
             default=DEFAULT_CONFIG,
             help=f"config file (default {DEFAULT_CONFIG})",
         )
+        if name != "check":
+            command.add_argument(
+                "--pidfile", type=Path, help="the pid file (default: sockherd.pid in runtime_dir)"
+            )
+    _add_options(commands.choices)
     return parser
+
+
+def _add_options(commands: dict[str, argparse.ArgumentParser]) -> None:
+    commands["run"].add_argument("--daemon", action="store_true", help="detach as a classic daemon")
+    commands["status"].add_argument("--json", action="store_true", help="print the raw JSON status")
+    commands["reload"].add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for the outcome (default 300)"
+    )
+    commands["stop"].add_argument(
+        "--timeout", type=float, help="seconds to wait for the exit (default graceful_timeout + 15)"
+    )
+    commands["scale"].add_argument("service", help="the service's name")
+    commands["scale"].add_argument("workers", type=int, help="how many workers it should have")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.config = args.config.absolute()  # a reload re-reads it, whatever the cwd is by then
+    if args.command in ("run", "check"):
+        return _run_or_check(args)
+    daemon = client.Daemon(args.config, args.pidfile)
+    if args.command == "status":
+        return client.show_status(daemon, args.json)
+    if args.command == "reload":
+        return client.reload(daemon, args.timeout)
+    if args.command == "stop":
+        return client.stop(daemon, args.timeout)
+    if args.command == "scale":
+        return client.simple(daemon, "scale", service=args.service, workers=args.workers)
+    return client.simple(daemon, "reopen-logs")
+
+
+def _run_or_check(args: argparse.Namespace) -> int:
     try:
         loaded = config.load(args.config)
     except ConfigError as exc:
@@ -46,6 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: ok ({len(loaded.services)} services)")
         return ExitCode.OK
     log_fd = 2
+    if args.daemon and not loaded.supervisor.log_file:
+        print(
+            f"{args.config}: --daemon needs [supervisor] log_file: a daemon has no terminal to log to",
+            file=sys.stderr,
+        )
+        return ExitCode.CONFIG
     if log_file := loaded.supervisor.log_file:
         try:
             log_fd = logs.open_log_file(log_file)
@@ -56,5 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return ExitCode.FAILURE
-    logs.configure(loaded.supervisor.log_level, fd=log_fd, role="master")
-    return master.run(loaded, log_fd)
+    # A daemon reports start-up failures on the terminal; it logs to the file once detached.
+    logs.configure(loaded.supervisor.log_level, fd=2 if args.daemon else log_fd, role="master")
+    return boot.run(loaded, log_fd, args.pidfile, detach=args.daemon)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor import addresses
+from supervisor.control import CONTROL_SOCKET
 from supervisor.probe import probe_handlers
 from supervisor.table import Problems, Table
 
@@ -135,8 +136,11 @@ def _supervisor(table: Table, base: Path) -> SupervisorConfig:
         table.problem("pythonpath", 'expected a list of directory strings, e.g. ["src"]')
         pythonpath = []
     table.finish()
+    runtime = base / runtime_dir if runtime_dir else default_runtime_dir()
+    if len(bytes(runtime / CONTROL_SOCKET)) > addresses.UNIX_PATH_MAX:
+        table.problem("runtime_dir", f"{runtime} is too long for the control socket in it; shorten it")
     return SupervisorConfig(
-        runtime_dir=base / runtime_dir if runtime_dir else default_runtime_dir(),
+        runtime_dir=runtime,
         graceful_timeout=graceful_timeout,
         log_level=log_level,
         pythonpath=tuple(base / p for p in pythonpath),

@@ -18,6 +18,16 @@ class ExitCode(enum.IntEnum):
     OK = 0
     FAILURE = 1  # a runtime failure: a socket could not be bound, an unexpected error
     CONFIG = 2  # invalid config or command line; nothing was started
+    NOT_RUNNING = 7  # reload, scale, reopen-logs: no sockherd answers (LSB "program is not running")
+
+
+class StatusCode(enum.IntEnum):
+    """Exit statuses of `sockherd status`, as LSB defines them for init scripts."""
+
+    RUNNING = 0
+    DEAD_WITH_PIDFILE = 1  # the pid file names a process that is gone
+    NOT_RUNNING = 3
+    UNKNOWN = 4  # a sockherd process is there but its control socket does not answer
 
 
 class SockherdError(Exception):

@@ -12,15 +12,17 @@ import selectors
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
-from supervisor import health, pidfile, reload, systemd
+from supervisor import health, reload, status, systemd
 from supervisor.config import Config
-from supervisor.errors import ExitCode, SockherdError
+from supervisor.control import CONTROL_SOCKET, CommandError, ControlServer
+from supervisor.errors import ExitCode
 from supervisor.pool import Pool
 from supervisor.reap import ExitStatus, become_subreaper, reap
-from supervisor.sockets import Listener, bind_all
+from supervisor.sockets import Listener
 from supervisor.worker import Generation, Worker
 from workers import logs
 from workers.wakeup import SignalQueue
@@ -37,6 +39,7 @@ MASTER_SIGNALS = (
     signal.SIGTTOU,
 )
 _MAX_WAIT = 1.0  # the loop wakes at least this often, events or not
+_MAX_WORKERS = 1024  # a typo guard for `scale`, not a capacity limit
 _STOP_MARGIN = 5.0  # asked of systemd beyond graceful_timeout: killing and cleaning up take time
 
 
@@ -57,31 +60,6 @@ _TRANSITIONS = {
 }
 
 
-def run(config: Config, log_fd: int = 2) -> int:
-    """Bind, supervise until stopped, clean up; return the exit status."""
-    log = logs.get_logger()
-    pid_path = config.supervisor.runtime_dir / "sockherd.pid"
-    try:
-        pid_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        pidfile.acquire(pid_path)
-    except (OSError, SockherdError) as exc:
-        log.critical("start_failed", error=str(exc))
-        return ExitCode.FAILURE
-    passed = systemd.activated_sockets()
-    for name in passed.keys() - {s.name for s in config.services}:
-        log.warning(
-            "activation_socket_unused", name=name, fix="name it after a service (FileDescriptorName=)"
-        )
-    try:
-        listeners = bind_all(config.services, f"another sockherd? see {pid_path}", passed)
-        return Master(config, listeners, pid_path, log_fd).run()
-    except SockherdError as exc:
-        log.critical("start_failed", error=str(exc))
-        return ExitCode.FAILURE
-    finally:
-        pidfile.release(pid_path)
-
-
 class Master:
     def __init__(self, config: Config, listeners: dict[str, Listener], pid_path: Path, log_fd: int) -> None:
         self.log = logs.get_logger()
@@ -100,6 +78,9 @@ class Master:
         self.notifier = systemd.Notifier.from_environment(self.log)  # before any worker is forked
         self.reloader = reload.Reloader(self.pool, log_fd, f"see {pid_path}", self.notifier)
         self.announced_ready = False
+        self.started = time.time()
+        control_path = config.supervisor.runtime_dir / CONTROL_SOCKET
+        self.control = ControlServer(control_path, self.selector, self, self.log)
         # When the loop last read the workers' pipes: silence is measured up to then, so a loop
         # that was busy (a reload's handler probe) never mistakes unread heartbeats for silence.
         self.polled_at = time.monotonic()
@@ -144,11 +125,13 @@ class Master:
         for key, _ in events:
             if isinstance(key.data, Worker):
                 self.pool.on_readable(key.data)
+            elif callable(key.data):  # the control socket and its clients
+                key.data()
 
     def _on_signal(self, signum: signal.Signals) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
             if self.state in (State.RUNNING, State.RELOADING):
-                self._drain(signum)
+                self._drain(signal=signum.name)
             else:
                 self._kill(f"second {signum.name}")
         elif signum == signal.SIGQUIT:
@@ -184,11 +167,42 @@ class Master:
             sizes[name] = max(1, sizes[name] + step)
             self.log.info("scaled", service=name, workers=sizes[name])
 
+    # The control socket's commands (control.Commands) --------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        last_reload = self.reloader.last_outcome
+        return {"pid": os.getpid(), **status.snapshot(self.pool, self.state.value, self.started, last_reload)}
+
+    def reload(self) -> int:
+        if self.state not in (State.RUNNING, State.RELOADING):
+            raise CommandError(f"sockherd is {self.state.value}; it reloads no more")
+        return self.reloader.request()
+
+    def stop(self) -> dict[str, Any]:
+        if self.state in (State.RUNNING, State.RELOADING):
+            self._drain(by="control")
+        graceful = self.config.supervisor.graceful_timeout
+        return {"pid": os.getpid(), "state": self.state.value, "graceful_timeout": graceful}
+
+    def scale(self, service: str, workers: int) -> dict[str, Any]:
+        sizes = self.pool.current.sizes
+        if service not in sizes:
+            raise CommandError(f"no service {service!r}; services: {', '.join(sizes)}")
+        if not 1 <= workers <= _MAX_WORKERS:
+            raise CommandError(f"workers must be between 1 and {_MAX_WORKERS}, got {workers}")
+        sizes[service] = workers
+        self.log.info("scaled", service=service, workers=workers)
+        return {"service": service, "workers": workers}
+
+    def reopen_logs(self) -> dict[str, Any]:
+        self._reopen_logs()
+        return {}
+
     # Stop -----------------------------------------------------------------------------------
 
-    def _drain(self, signum: signal.Signals) -> None:
+    def _drain(self, **cause: str) -> None:
         timeout = self.config.supervisor.graceful_timeout
-        self.log.info("stopping", signal=signum.name, graceful=True, graceful_timeout=timeout)
+        self.log.info("stopping", **cause, graceful=True, graceful_timeout=timeout)
         self.notifier.stopping(f"draining, graceful_timeout {timeout:g}s")
         self.reloader.cancel()
         self.move_to(State.DRAINING)
@@ -222,6 +236,7 @@ class Master:
     def _tick(self, now: float) -> None:
         self.notifier.watchdog(now)  # from the loop itself: a stuck loop stops the pings
         self.reloader.close_retired()
+        self.control.settle(self.reloader.outcomes, now)
         if self.state in (State.RUNNING, State.RELOADING):
             health.check(self.pool, self.polled_at)
             self.pool.reconcile(now)
@@ -261,6 +276,7 @@ class Master:
     def _close(self) -> None:
         for listener in self._listeners():
             listener.close()
+        self.control.close()
         self.notifier.close()
         self.signals.close()
         self.selector.close()

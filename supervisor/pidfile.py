@@ -19,7 +19,7 @@ def read(path: Path) -> int | None:
         return None
 
 
-def _is_live_sockherd(pid: int) -> bool:
+def is_live_sockherd(pid: int) -> bool:
     try:
         cmdline = " ".join(psutil.Process(pid).cmdline())
     except psutil.Error:
@@ -27,14 +27,19 @@ def _is_live_sockherd(pid: int) -> bool:
     return pid != os.getpid() and ("sockherd" in cmdline or "supervisor" in cmdline)
 
 
-def acquire(path: Path) -> None:
-    """Record our pid in `path`; refuse if a running sockherd is recorded there already."""
+def check(path: Path) -> None:
+    """Refuse to start if a running sockherd is recorded in `path` (a stale pid is no obstacle)."""
     pid = read(path)
-    if pid is not None and _is_live_sockherd(pid):
+    if pid is not None and is_live_sockherd(pid):
         raise SockherdError(
             f"sockherd is already running with pid {pid} (pid file {path}); "
-            "stop it first, or give this instance another runtime_dir"
+            "stop it first (sockherd stop), or give this instance another runtime_dir or --pidfile"
         )
+
+
+def acquire(path: Path) -> None:
+    """Record our pid in `path`, atomically; refuse if a running sockherd is recorded there."""
+    check(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     temporary.write_text(f"{os.getpid()}\n")
     os.replace(temporary, path)

@@ -25,6 +25,8 @@ from supervisor.systemd import Notifier
 from supervisor.worker import Generation, Worker, WorkerState
 from workers import logs
 
+_OUTCOMES_KEPT = 16  # a control client waiting on an older attempt has long gone
+
 
 @dataclass
 class Reload:
@@ -121,18 +123,37 @@ class Reloader:
         self.hint = hint
         self.under_way: Reload | None = None
         self.queued = False
+        self.attempts = 0  # reloads started; each request is answered by the attempt it gets
+        self.outcomes: dict[int, dict[str, Any]] = {}  # attempt -> what its reload_* event said
         self.last_generation = pool.current.number
         self.retiring: list[Listener] = []  # replaced listeners, closed once no worker uses them
 
-    def request(self) -> None:
-        """A SIGHUP: reload now, or once the reload under way has ended."""
+    def request(self) -> int:
+        """Reload now, or once the reload under way has ended; return the attempt that answers."""
         if self.under_way:
             self.queued = True
             self.log.info("reload_queued")
+            return self.attempts + 1
+        self._start()
+        return self.attempts
+
+    @property
+    def last_outcome(self) -> dict[str, Any] | None:
+        return self.outcomes[max(self.outcomes)] if self.outcomes else None
+
+    def _finish(self, attempt: int, ok: bool, **fields: Any) -> None:
+        """Log and record how reload `attempt` ended, and tell systemd it is over."""
+        if ok:
+            self.log.info("reload_done", **fields)
         else:
-            self._start()
+            self.log.error("reload_failed", **fields)
+        self.outcomes[attempt] = {"ok": ok, **fields}
+        for old in [a for a in self.outcomes if a <= attempt - _OUTCOMES_KEPT]:
+            del self.outcomes[old]
+        self.notifier.ready(self.pool.summary())
 
     def _start(self) -> None:
+        self.attempts += 1
         self.notifier.reloading()
         number = self.last_generation + 1
         config_path = self.pool.current.config.path
@@ -141,12 +162,11 @@ class Reloader:
             held = [*self.pool.current.listeners.values(), *self.retiring]
             self.under_way = prepare(held, config_path, number, self.hint)
         except ConfigError as exc:
-            self.log.error("reload_failed", generation=number, reason="invalid_config", problems=exc.problems)
-            self.notifier.ready(self.pool.summary())
+            problems = exc.problems
+            self._finish(self.attempts, False, generation=number, reason="invalid_config", problems=problems)
             return
         except SockherdError as exc:
-            self.log.error("reload_failed", generation=number, reason="bind_failed", error=str(exc))
-            self.notifier.ready(self.pool.summary())
+            self._finish(self.attempts, False, generation=number, reason="bind_failed", error=str(exc))
             return
         self.last_generation = number
         announce(self.log, self.under_way.generation, self.under_way.fresh)
@@ -188,9 +208,8 @@ class Reloader:
         for key in supervisor_changes(old.config, new.config):
             self.log.warning("restart_required", key=key)
         duration = round(time.monotonic() - self.under_way.started, 3)
-        self.log.info("reload_done", generation=new.number, duration=duration)
         self.under_way = None
-        self.notifier.ready(self.pool.summary())
+        self._finish(self.attempts, True, generation=new.number, duration=duration)
 
     def _abandon(self, reason: str, **fields: Any) -> None:
         """The candidate failed: take it down and close what was bound for it; nothing else changes.
@@ -205,14 +224,18 @@ class Reloader:
                 self.pool.kill(worker)
         for listener in self.under_way.fresh:
             listener.close()
-        self.log.error("reload_failed", generation=self.under_way.generation.number, reason=reason, **fields)
+        number = self.under_way.generation.number
         self.under_way = None
-        self.notifier.ready(self.pool.summary())
+        self._finish(self.attempts, False, generation=number, reason=reason, **fields)
 
     def cancel(self) -> None:
-        """A stop began: the candidate drains with everything else; its listeners are retired."""
+        """A stop began: the candidate drains with everything else; its listeners are retired.
+        The reload under way and a queued one are recorded as failed, reason `stopping`."""
         if self.under_way:
             self.retiring += self.under_way.fresh
+            self.outcomes[self.attempts] = {"ok": False, "reason": "stopping"}
+        if self.queued:
+            self.outcomes[self.attempts + 1] = {"ok": False, "reason": "stopping"}
         self.under_way = None
         self.queued = False
 
