@@ -65,7 +65,6 @@ def _add_options(commands: dict[str, argparse.ArgumentParser]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    args.config = args.config.absolute()  # a reload re-reads it, whatever the cwd is by then
     if args.command in ("run", "check"):
         return _run_or_check(args)
     daemon = client.Daemon(args.config, args.pidfile)

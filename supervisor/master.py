@@ -100,9 +100,10 @@ class Master:
         try:
             self._tick(time.monotonic())
             while self.state is not State.STOPPED:
-                self._wait()
+                ready = self._wait()
                 for signum in self.signals.drain():
                     self._on_signal(signum)
+                self._dispatch(ready)  # after the signals: a request sees every signal sent before it
                 for status in reap():
                     self._on_exit(status)
                 self._tick(time.monotonic())
@@ -111,7 +112,7 @@ class Master:
         self.log.info("stopped")
         return ExitCode.OK
 
-    def _wait(self) -> None:
+    def _wait(self) -> list[selectors.SelectorKey]:
         now = time.monotonic()
         deadlines = [now + _MAX_WAIT]
         if self.state in (State.RUNNING, State.RELOADING) and (refill := self.pool.next_deadline()):
@@ -122,7 +123,12 @@ class Master:
             deadlines.append(ping)
         events = self.selector.select(timeout=max(0.0, min(deadlines) - now))
         self.polled_at = time.monotonic()
-        for key, _ in events:
+        return [key for key, _ in events]
+
+    def _dispatch(self, ready: list[selectors.SelectorKey]) -> None:
+        for key in ready:
+            if self.selector.get_map().get(key.fd) is not key:
+                continue  # unregistered (or replaced) while the signals were handled
             if isinstance(key.data, Worker):
                 self.pool.on_readable(key.data)
             elif callable(key.data):  # the control socket and its clients

@@ -39,7 +39,7 @@ def snapshot(pool: Pool, state: str, started: float, last_reload: dict[str, Any]
     return {
         "state": state,
         "uptime": round(time.time() - started, 1),
-        "config": str(generation.config.path),
+        "config": str(generation.config.path.absolute()),
         "generation": generation.number,
         "last_reload": last_reload,
         "services": services,
