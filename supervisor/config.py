@@ -59,6 +59,7 @@ class ServiceConfig:
     backlog: int = 128
     socket_mode: int = 0o660
     max_packet_size: int = 8192
+    access_log: bool = False
     timeout: float = 30.0
     max_requests: int = 0
     max_requests_jitter: int = 0
@@ -205,6 +206,7 @@ def _service(table: Table, name: str, base: Path) -> tuple[ServiceConfig, bool]:
         max_packet_size=table.only_if(
             datagram, "max_packet_size", int, 8192, "datagram protocols", minimum=1
         ),
+        access_log=table.get("access_log", bool, False),
         timeout=_timeout(table),
         max_requests=table.integer("max_requests", 0, minimum=0),
         max_requests_jitter=table.integer("max_requests_jitter", 0, minimum=0),

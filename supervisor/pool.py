@@ -151,6 +151,7 @@ class Pool:
             block_on_close=service.block_on_close,
             max_children=service.max_children,
             max_packet_size=service.max_packet_size,
+            access_log=service.access_log,
             timeout=service.timeout,
             max_requests=service.max_requests,
             max_requests_jitter=service.max_requests_jitter,

@@ -45,6 +45,7 @@ class WorkerSpec:
     block_on_close: bool
     max_children: int
     max_packet_size: int
+    access_log: bool
     timeout: float
     max_requests: int
     max_requests_jitter: int
@@ -94,6 +95,7 @@ def build_server(spec: WorkerSpec) -> Adoptable:
     server.block_on_close = spec.block_on_close  # type: ignore[attr-defined]
     server.max_children = spec.max_children  # type: ignore[attr-defined]
     server.max_packet_size = spec.max_packet_size  # type: ignore[attr-defined]
+    server.access_log = spec.access_log
     server.draining = False  # type: ignore[attr-defined]
     return server
 

@@ -8,9 +8,10 @@ Class diagram (each class is the stdlib class of the same name plus `Adoptable`)
     ForkingMixIn   + TCPServer  = ForkingTCPServer        (likewise; the Unix forms exist from 3.12
                                                             in the stdlib, and here on 3.11)
 
-They behave exactly like the stdlib servers, with three differences: `from_socket()` builds a
-server around an already bound socket; accepted TCP connections get TCP_NODELAY; and
-`handle_error()` logs one structured event instead of printing a traceback. An optional
+They behave exactly like the stdlib servers, with four differences: `from_socket()` builds a
+server around an already bound socket; accepted TCP connections get TCP_NODELAY;
+`handle_error()` logs one structured event instead of printing a traceback; and with
+`access_log` set, each request is logged as an `access` event (workers.access). An optional
 `monitor` hears every turn of the serving loop (`service_actions`) and every accepted request
 (`verify_request`); the Forking classes go through `_ForkingMixIn` because the stdlib's
 `ForkingMixIn.service_actions` does not call `super()`.
@@ -23,6 +24,7 @@ import socketserver
 import sys
 from typing import Any, Protocol, Self
 
+from workers import access
 from workers.logs import get_logger
 
 # Errors that mean "the client went away": expected under load, logged without a traceback.
@@ -49,6 +51,18 @@ class Adoptable(socketserver.BaseServer):
 
     socket: _Socket
     monitor: Monitor | None = None
+    access_log = False  # one `access` event per request, with its bytes counted
+
+    def get_request(self) -> Any:
+        request, client_address = super().get_request()
+        return (access.count(request) if self.access_log else request), client_address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if not self.access_log:
+            super().finish_request(request, client_address)
+            return
+        with access.logged(request, _peer(client_address), CLIENT_GONE):
+            super().finish_request(request, client_address)
 
     def service_actions(self) -> None:
         super().service_actions()
