@@ -14,7 +14,9 @@ from tests.test_sockets import listen_key, request
 PROTOCOLS = ["tcp", "udp", "unix-stream", "unix-dgram"]
 
 
-def access_daemon(sockherd: Launcher, short_dir: Path, protocol: str, concurrency: str, **keys: Any) -> Daemon:
+def access_daemon(
+    sockherd: Launcher, short_dir: Path, protocol: str, concurrency: str, **keys: Any
+) -> Daemon:
     table = service(protocol, concurrency, access_log=True, **listen_key(protocol, short_dir), **keys)
     return sockherd.start({"svc": table})
 
