@@ -53,6 +53,7 @@ def start_activated(sockherd: Launcher, config: Path, held: socket.socket, name:
     daemon = Daemon(proc, log_path, config)
     sockherd.daemons.append(daemon)
     daemon.wait_for("ready")
+    daemon.known_pids.update(p.pid for p in daemon.tree())
     return daemon
 
 
@@ -65,7 +66,7 @@ def accept_queue(listener: socket.socket) -> int:
     """How many connections wait in a TCP listener's accept queue (Linux reports it in TCP_INFO's
     tcpi_unacked for a listening socket)."""
     info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-    return int(struct.unpack_from("I", info, 24)[0])
+    return int(struct.unpack_from("I", info, 24)[0])  # after 8 one-byte fields and 4 u32s
 
 
 def stop(daemon: Daemon) -> None:
