@@ -6,7 +6,6 @@ import re
 import shutil
 import subprocess
 import sysconfig
-import tomllib
 from pathlib import Path
 
 import pytest
