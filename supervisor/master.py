@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from supervisor import health, pidfile, reload, systemd
+from supervisor import health, pidfile, privileges, reload, systemd
 from supervisor.config import Config
 from supervisor.errors import ExitCode, SockherdError
 from supervisor.pool import Pool
@@ -72,8 +72,11 @@ def run(config: Config, log_fd: int = 2) -> int:
         log.warning(
             "activation_socket_unused", name=name, fix="name it after a service (FileDescriptorName=)"
         )
+    identity = config.supervisor.identity
+    privileges.hand_over_log_file(config.supervisor.log_file, identity, log)
     try:
-        listeners = bind_all(config.services, f"another sockherd? see {pid_path}", passed)
+        hint = f"another sockherd? see {pid_path}"
+        listeners = bind_all(config.services, hint, passed, identity.owner if identity else None)
         return Master(config, listeners, pid_path, log_fd).run()
     except SockherdError as exc:
         log.critical("start_failed", error=str(exc))
@@ -175,6 +178,7 @@ class Master:
         path = self.config.supervisor.log_file
         if not logs.reopen_or_log(path, self.log_fd):
             return
+        privileges.hand_over_log_file(path, self.config.supervisor.identity, self.log)
         self.pool.signal_all(signal.SIGUSR1)
         self.log.info("logs_reopened", path=str(path) if path else None)
 
