@@ -202,8 +202,7 @@ class TestWorkers:
         workers = daemon.workers("svc")
         os.kill(daemon.pid, signal.SIGKILL)
         daemon.wait_exit()
-        for pid in workers:
-            wait_until(lambda pid=pid: gone(pid), what=f"worker {pid} to exit")
+        wait_until(lambda: all(gone(pid) for pid in workers), what="the workers to exit")
 
 
 def owner(path: Path) -> tuple[int, int]:
@@ -387,6 +386,12 @@ def _load_as(account: pwd.struct_passwd, path: Path, fd: int) -> None:
     os.write(fd, json.dumps(problems).encode())
 
 
+def under_setpriv(options: list[str], *arguments: str) -> subprocess.CompletedProcess[str]:
+    """Run the interpreter with `arguments` under setpriv with `options`, to completion."""
+    command = [SETPRIV or "", *options, sys.executable, *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE, stdin=subprocess.DEVNULL)
+
+
 @pytest.mark.skipif(SETPRIV is None, reason="needs setpriv (util-linux)")
 class TestRefusal:
     """A switch that fails, or that could be undone, is refused: nothing serves as root.
@@ -405,8 +410,7 @@ class TestRefusal:
     def test_run_refuses_before_binding(self, sockherd: Launcher, setpriv: list[str], reason: str) -> None:
         """`run` exits 2 naming supervisor.user: the handler probe could not switch; no worker forked."""
         path = sockherd.write({"svc": service("tcp", listen="127.0.0.1:0")}, user="nobody")
-        command = [SETPRIV or "", *setpriv, sys.executable, "-m", "supervisor", "run", "-c", str(path)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE, stdin=subprocess.DEVNULL)
+        done = under_setpriv(setpriv, "-m", "supervisor", "run", "-c", str(path))
         assert done.returncode == 2
         assert f"{path}: supervisor.user: " in done.stderr
         assert reason in done.stderr
@@ -415,8 +419,7 @@ class TestRefusal:
     @pytest.mark.parametrize(("setpriv", "reason"), BROKEN)
     def test_worker_refuses_to_serve(self, setpriv: list[str], reason: str) -> None:
         """A worker whose switch fails logs worker_boot_failed (privilege_drop_failed) and exits 3."""
-        command = [SETPRIV or "", *setpriv, sys.executable, str(TESTS_DIR / "lone_worker.py"), "nobody"]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE, stdin=subprocess.DEVNULL)
+        done = under_setpriv(setpriv, str(TESTS_DIR / "lone_worker.py"), "nobody")
         assert done.returncode == 3
         [failed] = [json.loads(line) for line in done.stdout.splitlines() if "worker_boot_failed" in line]
         assert failed["reason"] == "privilege_drop_failed"
