@@ -1,11 +1,14 @@
 """[supervisor] user and group: the master stays root, workers become the user before importing
 handler code, and the files they use are theirs. Real switches, so these tests need root.
 
-What `nobody` must be able to read: the handler modules (tests/ is world-readable), the
-interpreter's modules it has not imported yet, and the log file's directory. The config, the
-pid file and pytest's tmp_path (0700 under /tmp/pytest-of-root) need not be: the master reads
-them, and a worker only inherits descriptors. Directories the tests hand to `nobody` (a log
-file's, a handler only root can read) are made with `open_dir`, world-readable on purpose.
+What `nobody` must be able to read: the handler modules (tests/ is world-readable) and any module
+the worker has not imported before the switch, and the log file's directory. The config, the pid
+file and pytest's tmp_path (0700 under /tmp/pytest-of-root) need not be: the master reads them,
+and a worker only inherits descriptors. Directories the tests hand to `nobody` (a log file's, a
+handler only root can read) are made with `open_dir`, world-readable on purpose. The test
+handlers import nothing a worker has not already imported, so they work even when the
+interpreter lives where `nobody` cannot go (a pyenv build under /root); for the same reason the
+tests never exec the interpreter as `nobody`, and fork instead where they need such a process.
 """
 
 from __future__ import annotations
@@ -41,8 +44,11 @@ from tests.conftest import (
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 
-NOBODY = pwd.getpwnam("nobody")
-NOGROUP = grp.getgrnam("nogroup")
+try:
+    NOBODY = pwd.getpwnam("nobody")
+except KeyError:
+    pytest.skip("there is no user nobody to switch to", allow_module_level=True)
+NOGROUP = grp.getgrgid(NOBODY.pw_gid).gr_name  # "nogroup" on Debian, "nobody" elsewhere
 IDS = (NOBODY.pw_uid, NOBODY.pw_gid)  # what a worker of user = "nobody" runs as
 SETPRIV = shutil.which("setpriv")
 
@@ -115,7 +121,7 @@ class TestWorkers:
     """Workers run as the configured user and group; the master stays root and supervises them."""
 
     def test_workers_run_as_user_and_master_as_root(self, sockherd: Launcher) -> None:
-        """psutil sees every worker as nobody:nogroup (real, effective, saved) and the master as root."""
+        """psutil sees every worker as nobody and its group (real, effective, saved), the master as root."""
         daemon = start_as_nobody(sockherd, {"a": service("tcp", workers=2), "b": service("udp", "sync")})
         assert identity(daemon.pid) == ((0, 0, 0), (0, 0, 0))
         workers = daemon.workers()
@@ -215,7 +221,7 @@ class TestSocketFiles:
 
     @pytest.mark.parametrize("protocol", ["unix-stream", "unix-dgram"])
     def test_owned_by_user_with_socket_mode(self, sockherd: Launcher, short_dir: Path, protocol: str) -> None:
-        """The socket file is nobody:nogroup and keeps socket_mode."""
+        """The socket file belongs to nobody and its group, and keeps socket_mode."""
         path = short_dir / "svc.sock"
         start_as_nobody(sockherd, {"svc": service(protocol, listen=str(path), socket_mode="0620")})
         assert owner(path) == IDS
@@ -313,7 +319,7 @@ class TestConfig:
             ({"user": "no-such-user"}, 'supervisor.user: unknown user "no-such-user"'),
             ({"user": "nobody", "group": "no-such-group"}, 'supervisor.group: unknown group "no-such-group"'),
             ({"user": "4000000000"}, 'supervisor.user: unknown user "4000000000"'),
-            ({"group": "nogroup"}, 'supervisor.group: needs "user" as well'),
+            ({"group": NOGROUP}, 'supervisor.group: needs "user" as well'),
         ],
     )
     def test_invalid_names_are_reported(
@@ -348,7 +354,7 @@ class TestConfig:
 
     def test_the_current_user_needs_no_root(self, open_dir: Path) -> None:
         """Loaded by a process running as nobody, user = "nobody" is accepted: nothing to switch."""
-        assert load_as_nobody(open_dir, user="nobody", group="nogroup") == []
+        assert load_as_nobody(open_dir, user="nobody", group=NOGROUP) == []
 
 
 def load_as_nobody(directory: Path, **supervisor: str) -> list[str]:
