@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from supervisor import daemon, pidfile, systemd
+from supervisor import daemon, pidfile, privileges, systemd
 from supervisor.config import Config
 from supervisor.errors import ExitCode, SockherdError
 from supervisor.master import Master
@@ -54,4 +54,7 @@ def _listeners(config: Config, pid_path: Path) -> dict[str, Listener]:
     for name in passed.keys() - {s.name for s in config.services}:
         fix = "name it after a service (FileDescriptorName=)"
         log.warning("activation_socket_unused", name=name, fix=fix)
-    return bind_all(config.services, f"another sockherd? see {pid_path}", passed)
+    identity = config.supervisor.identity
+    privileges.hand_over_log_file(config.supervisor.log_file, identity, log)
+    owner = identity.owner if identity else None
+    return bind_all(config.services, f"another sockherd? see {pid_path}", passed, owner)

@@ -13,10 +13,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor import addresses
+from supervisor import addresses, privileges
 from supervisor.control import CONTROL_SOCKET
 from supervisor.probe import probe_handlers
 from supervisor.table import Problems, Table
+from workers.privileges import Identity, PrivilegeError
 
 
 class Protocol(enum.StrEnum):
@@ -74,6 +75,7 @@ class SupervisorConfig:
     pythonpath: tuple[Path, ...] = ()
     reload_timeout: float = 60.0
     log_file: Path | None = None
+    identity: Identity | None = None  # from user and group: who workers become; None: stay root
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ def load(path: Path, *, import_handlers: bool = True) -> Config:
     if import_handlers:
         # Every well-formed handler is probed, so one run reports every problem of the file.
         probed = [(service, valid) for service, valid in parsed if _HANDLER.fullmatch(service.handler)]
-        _check_handlers(probed, supervisor.pythonpath, problems)
+        _check_handlers(probed, supervisor, problems)
     problems.raise_if_any()
     return Config(path=path, supervisor=supervisor, services=tuple(services))
 
@@ -136,6 +138,7 @@ def _supervisor(table: Table, base: Path) -> SupervisorConfig:
     if not all(isinstance(p, str) for p in pythonpath):
         table.problem("pythonpath", 'expected a list of directory strings, e.g. ["src"]')
         pythonpath = []
+    identity = privileges.resolve(table)
     table.finish()
     runtime = base / runtime_dir if runtime_dir else default_runtime_dir()
     if len(bytes(runtime / CONTROL_SOCKET)) > addresses.UNIX_PATH_MAX:
@@ -147,6 +150,7 @@ def _supervisor(table: Table, base: Path) -> SupervisorConfig:
         pythonpath=tuple(base / p for p in pythonpath),
         reload_timeout=reload_timeout,
         log_file=base / log_file if log_file else None,
+        identity=identity,
     )
 
 
@@ -279,10 +283,16 @@ def _check_duplicates(services: list[ServiceConfig], problems: Problems) -> None
 
 
 def _check_handlers(
-    services: list[tuple[ServiceConfig, bool]], pythonpath: tuple[Path, ...], problems: Problems
+    services: list[tuple[ServiceConfig, bool]], supervisor: SupervisorConfig, problems: Problems
 ) -> None:
-    """Import each handler in a probe process; check its family only where the protocol is valid."""
-    verdicts = probe_handlers((s.handler for s, _ in services), pythonpath)
+    """Import each handler in a probe process, as the workers' user; check its family only where
+    the protocol is valid."""
+    handlers = (s.handler for s, _ in services)
+    try:
+        verdicts = probe_handlers(handlers, supervisor.pythonpath, supervisor.identity)
+    except PrivilegeError as exc:
+        problems.add("supervisor.user", str(exc))
+        return
     for service, valid in services:
         verdict = verdicts[service.handler]
         key = f"services.{service.name}.handler"

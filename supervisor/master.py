@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from supervisor import health, reload, status, systemd
+from supervisor import health, privileges, reload, status, systemd
 from supervisor.config import Config
 from supervisor.control import CONTROL_SOCKET, CommandError, ControlServer
 from supervisor.errors import ExitCode
@@ -164,6 +164,7 @@ class Master:
         path = self.config.supervisor.log_file
         if not logs.reopen_or_log(path, self.log_fd):
             return
+        privileges.hand_over_log_file(path, self.config.supervisor.identity, self.log)
         self.pool.signal_all(signal.SIGUSR1)
         self.log.info("logs_reopened", path=str(path) if path else None)
 

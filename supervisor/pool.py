@@ -156,6 +156,7 @@ class Pool:
             max_requests=service.max_requests,
             max_requests_jitter=service.max_requests_jitter,
             pythonpath=supervisor.pythonpath,
+            identity=supervisor.identity,
             log_level=supervisor.log_level,
             log_fd=self.log_fd,
             log_file=supervisor.log_file,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor import config as config_module
+from supervisor import privileges
 from supervisor.addresses import InetAddress, UnixAddress
 from supervisor.config import Config, ServiceConfig
 from supervisor.errors import ConfigError, SockherdError
@@ -47,11 +48,12 @@ def prepare(held: list[Listener], path: Path, number: int, hint: str) -> Reload:
     new = config_module.load(path)
     listeners: dict[str, Listener] = {}
     fresh: list[Listener] = []
+    owner = new.supervisor.identity.owner if new.supervisor.identity else None
     try:
         for service in new.services:
             reused = _reusable(held, service)
             if reused is None:
-                reused = bind(service, hint)
+                reused = bind(service, hint, owner)
                 fresh.append(reused)
             listeners[service.name] = reused
     except BaseException:
@@ -87,6 +89,18 @@ def apply_socket_options(generation: Generation) -> None:
             listener.sock.listen(service.backlog)
         if isinstance(service.listen, UnixAddress) and listener.created:
             os.chmod(service.listen.path, service.socket_mode)
+
+
+def hand_over_files(generation: Generation, log: Any) -> None:
+    """The workers' user changed: the socket files sockherd created and the log file follow it
+    (back to the master when `user` was removed). Sockets systemd passed are not ours to touch."""
+    supervisor = generation.config.supervisor
+    owner = privileges.owner(supervisor.identity)
+    for listener in generation.listeners.values():
+        if listener.created:
+            privileges.hand_over(listener.created[0], owner, log)
+    if supervisor.log_file:
+        privileges.hand_over(supervisor.log_file, owner, log)
 
 
 def supervisor_changes(old: Config, new: Config) -> list[str]:
@@ -203,13 +217,20 @@ class Reloader:
         kept = list(new.listeners.values())
         replaced = [listener for listener in old.listeners.values() if listener not in kept]
         self.retiring = [listener for listener in [*self.retiring, *replaced] if listener not in kept]
-        if new.config.supervisor.log_level != old.config.supervisor.log_level:
-            logs.configure(new.config.supervisor.log_level, fd=self.log_fd, role="master")
-        for key in supervisor_changes(old.config, new.config):
-            self.log.warning("restart_required", key=key)
+        self._apply_supervisor(old, new)
         duration = round(time.monotonic() - self.under_way.started, 3)
         self.under_way = None
         self._finish(self.attempts, True, generation=new.number, duration=duration)
+
+    def _apply_supervisor(self, old: Generation, new: Generation) -> None:
+        """What [supervisor] changes mean for the master itself once the new generation serves."""
+        before, after = old.config.supervisor, new.config.supervisor
+        if after.log_level != before.log_level:
+            logs.configure(after.log_level, fd=self.log_fd, role="master")
+        if after.identity != before.identity:
+            hand_over_files(new, self.log)
+        for key in supervisor_changes(old.config, new.config):
+            self.log.warning("restart_required", key=key)
 
     def _abandon(self, reason: str, **fields: Any) -> None:
         """The candidate failed: take it down and close what was bound for it; nothing else changes.

@@ -50,10 +50,13 @@ class Listener:
 
 
 def bind_all(
-    services: Iterable[ServiceConfig], hint: str, passed: dict[str, socket.socket] | None = None
+    services: Iterable[ServiceConfig],
+    hint: str,
+    passed: dict[str, socket.socket] | None = None,
+    owner: tuple[int, int] | None = None,
 ) -> dict[str, Listener]:
     """Adopt the sockets systemd passed (by service name) and bind the rest, all or none: on a
-    failure the ones already bound are closed again."""
+    failure the ones already bound are closed again. Passed sockets keep their owner."""
     listeners: dict[str, Listener] = {}
     passed = passed or {}
     try:
@@ -61,7 +64,7 @@ def bind_all(
             if service.name in passed:
                 listeners[service.name] = adopt(service, passed[service.name])
             else:
-                listeners[service.name] = bind(service, hint)
+                listeners[service.name] = bind(service, hint, owner)
     except BaseException:
         for listener in listeners.values():
             listener.close()
@@ -69,13 +72,14 @@ def bind_all(
     return listeners
 
 
-def bind(service: ServiceConfig, hint: str) -> Listener:
-    """Create, bind and (for streams) listen; `hint` tells where another instance would be."""
+def bind(service: ServiceConfig, hint: str, owner: tuple[int, int] | None = None) -> Listener:
+    """Create, bind and (for streams) listen; `hint` tells where another instance would be. A
+    socket file is given to `owner` (uid, gid), the workers' user, when there is one."""
     key = f"services.{service.name}.listen"
     kind = socket.SOCK_STREAM if service.protocol.is_stream else socket.SOCK_DGRAM
     try:
         if isinstance(service.listen, UnixAddress):
-            listener = _bind_unix(service, service.listen.path, kind, key, hint)
+            listener = _bind_unix(service, service.listen.path, kind, key, hint, owner)
         else:
             listener = Listener(service.name, _bind_inet(service.listen, kind, key))
     except OSError as exc:
@@ -129,19 +133,33 @@ def _bind_inet(address: InetAddress, kind: socket.SocketKind, key: str) -> socke
     return sock
 
 
-def _bind_unix(service: ServiceConfig, path: Path, kind: socket.SocketKind, key: str, hint: str) -> Listener:
+def _bind_unix(
+    service: ServiceConfig,
+    path: Path,
+    kind: socket.SocketKind,
+    key: str,
+    hint: str,
+    owner: tuple[int, int] | None,
+) -> Listener:
     _clear_stale(path, kind, key, hint)
     sock = socket.socket(socket.AF_UNIX, kind)
     old_umask = os.umask(0o777 & ~service.socket_mode)  # no moment with wider permissions
     try:
         sock.bind(str(path))
-        os.chmod(path, service.socket_mode)
     except BaseException:
         sock.close()
         raise
     finally:
         os.umask(old_umask)
-    return Listener(service.name, sock, (path, os.lstat(path).st_ino))
+    listener = Listener(service.name, sock, (path, os.lstat(path).st_ino))
+    try:
+        os.chmod(path, service.socket_mode)
+        if owner:
+            os.chown(path, *owner)
+    except BaseException:
+        listener.close()  # and remove the file just created: nothing is left behind
+        raise
+    return listener
 
 
 def _clear_stale(path: Path, kind: socket.SocketKind, key: str, hint: str) -> None:

@@ -17,7 +17,8 @@ if _import_log := os.environ.get("SOCKHERD_TEST_IMPORT_LOG"):
 
 def _reply(command: bytes) -> bytes:
     """`sleep N` sleeps N seconds; `boom` raises; `pid` answers pid and ppid; `env NAME` answers
-    the variable's value ("-" when unset); else echo."""
+    the variable's value ("-" when unset); `ids` answers uid, gid and the supplementary groups
+    ("0 0 0,1"); else echo."""
     word, _, argument = command.strip().partition(b" ")
     if word == b"sleep":
         time.sleep(float(argument))
@@ -28,6 +29,9 @@ def _reply(command: bytes) -> bytes:
         return f"{os.getpid()} {os.getppid()}\n".encode()
     if word == b"env":
         return os.environ.get(argument.decode(), "-").encode() + b"\n"
+    if word == b"ids":
+        groups = ",".join(map(str, sorted(os.getgroups())))
+        return f"{os.getuid()} {os.getgid()} {groups}\n".encode()
     return command
 
 

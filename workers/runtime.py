@@ -4,7 +4,8 @@ The serving loop runs in a thread; the main thread owns signals and the lifeline
 because `shutdown()` called from the serving thread (or a signal handler interrupting it) hangs.
 
 Exit codes: 0 after a graceful or immediate stop, 1 when the serving loop failed,
-3 (`BOOT_FAILED`) when the handler could not be imported or the server not built.
+3 (`BOOT_FAILED`) when the worker could not switch to the configured user, the handler could not
+be imported or the server not built.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from workers import channel, logs, output
 from workers.keepalive import close_when_draining
 from workers.loader import extend_path, load_handler
+from workers.privileges import Identity, PrivilegeError, become
 from workers.servers import SERVERS, Adoptable
 from workers.wakeup import SignalQueue
 
@@ -50,6 +52,7 @@ class WorkerSpec:
     max_requests: int
     max_requests_jitter: int
     pythonpath: tuple[Path, ...]
+    identity: Identity | None  # who to become before importing the handler; None: stay as forked
     log_level: str
     log_fd: int
     log_file: Path | None
@@ -75,14 +78,32 @@ def worker_main(spec: WorkerSpec) -> int:
     output.capture_stdio()
     signals = SignalQueue(_SIGNALS)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the master forked us with signals blocked
-    try:
-        server = build_server(spec)
-    except BaseException:
-        logs.get_logger().error("worker_boot_failed", handler=spec.handler, exc_info=True)
+    server = boot(spec)
+    if server is None:
         return BOOT_FAILED
     os.register_at_fork(after_in_child=lambda: _in_request_child(spec, server))
     server.monitor = Monitor(spec)
     return Worker(spec, server, signals).run()
+
+
+def boot(spec: WorkerSpec) -> Adoptable | None:
+    """Become the configured user, then build the server; None (logged) when either fails.
+
+    The switch comes first: no handler code, not even its module's top level, runs as root. A
+    worker that cannot switch refuses to go on rather than serve as root.
+    """
+    log = logs.get_logger()
+    try:
+        if spec.identity:
+            become(spec.identity)
+    except PrivilegeError as exc:
+        log.error("worker_boot_failed", reason="privilege_drop_failed", error=str(exc))
+        return None
+    try:
+        return build_server(spec)
+    except BaseException:
+        log.error("worker_boot_failed", handler=spec.handler, exc_info=True)
+        return None
 
 
 def build_server(spec: WorkerSpec) -> Adoptable:
