@@ -303,6 +303,15 @@ class TestReopenLogs:
         events = [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
         assert "logs_reopened" in events and "logs_reopened" not in rotated.read_text()
 
+    def test_failure_is_an_error_reply(self, sockherd: Launcher, tmp_path: Path) -> None:
+        """A log_file that cannot be reopened (its directory is gone) is answered ok false."""
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        daemon = start_logging_to(sockherd, logs / "sockherd.jsonl", {"svc": service()})
+        logs.rename(tmp_path / "logs.old")
+        reply = ask_once(daemon, "reopen-logs")
+        assert reply["ok"] is False and "sockherd.jsonl" in reply["error"]
+
 
 class TestRequests:
     """Malformed requests get an error reply; the connection goes on serving."""
