@@ -16,7 +16,7 @@ import pytest
 
 from supervisor.control import CONTROL_SOCKET, IDLE_TIMEOUT, MAX_CLIENTS, MAX_REQUEST, VERBS
 from tests.conftest import DEADLINE, Daemon, Launcher, read_to_end, run_cli, service, wait_until
-from tests.test_reload import GATED, generation, importing, pythonpath, rewrite, served_by, write_module
+from tests.test_reload import GATED, ask, generation, importing, pythonpath, rewrite, served_by, write_module
 
 NOBODY = 65534
 
@@ -402,6 +402,52 @@ class TestLimits:
                 client.close()
         assert len(daemon.events("control_client_dropped", reason="busy")) == 8
         assert ask_once(daemon, "status")["ok"] is True
+
+    def test_client_that_never_reads_does_not_block_others(self, sockherd: Launcher) -> None:
+        """A client that floods requests without reading a reply leaves the master serving others."""
+        daemon = sockherd.start({"svc": service()})
+        with Control(control_path(daemon)) as greedy:
+            flood(greedy.sock, b'{"verb": "status"}\n')
+            assert ask_once(daemon, "status")["ok"] is True
+            assert ask(daemon.address("svc"), b"still here\n") == b"still here\n"
+
+    def test_client_waiting_for_a_reload_is_not_read(self, gated: Daemon, modules: Path) -> None:
+        """Requests sent after a reload wait in the kernel, not in the master, until it has ended."""
+        with Control(control_path(gated)) as control:
+            control.send({"verb": "reload"})
+            importing(modules, 1)
+            flood(control.sock, b'{"verb": "status"}\n')
+            (modules / "go").touch()
+            assert control.reply()["generation"] == 2
+            assert control.reply()["generation"] == 2
+
+    @pytest.mark.slow
+    def test_client_that_never_reads_is_dropped(self, sockherd: Launcher) -> None:
+        """A client whose replies have not been read for IDLE_TIMEOUT is disconnected."""
+        daemon = sockherd.start({"svc": service()})
+        with Control(control_path(daemon)) as greedy:
+            flood(greedy.sock, b'{"verb": "status"}\n')
+            daemon.wait_for("control_client_dropped", reason="not_reading", timeout=IDLE_TIMEOUT + DEADLINE)
+            greedy.sock.settimeout(DEADLINE)
+            read_to_end(greedy.sock)  # returns: the master closed the connection
+        assert ask_once(daemon, "status")["ok"] is True
+
+
+def flood(sock: socket.socket, request: bytes) -> None:
+    """Send `request` again and again until the master stops taking them (its buffers are full)."""
+    sock.setblocking(False)
+    batch = request * 1000
+    try:
+        wait_until(lambda: not _send_some(sock, batch), what="the control socket to stop taking requests")
+    finally:
+        sock.settimeout(DEADLINE)
+
+
+def _send_some(sock: socket.socket, data: bytes) -> int:
+    try:
+        return sock.send(data)
+    except BlockingIOError:
+        return 0
 
 
 class TestPermissions:
