@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -41,6 +42,16 @@ def stopped(sockherd: Launcher) -> Daemon:
     return daemon
 
 
+@pytest.fixture
+def frozen(running: Daemon) -> Iterator[Daemon]:
+    """A daemon whose master is stopped (SIGSTOP): its socket accepts but nothing answers."""
+    running.send(signal.SIGSTOP)
+    try:
+        yield running
+    finally:
+        running.send(signal.SIGCONT)
+
+
 class TestStatus:
     """`status` prints the daemon's state; its exit code says whether it runs (LSB)."""
 
@@ -74,6 +85,13 @@ class TestStatus:
         (running.config_path.parent / "run" / CONTROL_SOCKET).unlink()
         result = cli(running, "status")
         assert result.returncode == 4 and f"sockherd pid {running.pid} is running" in result.stderr
+
+    @pytest.mark.slow
+    def test_socket_not_answering(self, frozen: Daemon) -> None:
+        """The master accepts nothing and answers nothing within its timeout: exit 4, no traceback."""
+        result = cli(frozen, "status")
+        assert result.returncode == 4 and "Traceback" not in result.stderr
+        assert f"sockherd pid {frozen.pid} is running" in result.stderr
 
 
 class TestReload:
