@@ -83,13 +83,29 @@ def _runtime_dir(config_path: Path) -> Path:
     """Where the daemon of `config_path` keeps its control socket, read leniently: a config
     broken since the start must still lead to the daemon (to reload it and hear the failure)."""
     try:
-        with config_path.open("rb") as file:
-            raw = tomllib.load(file).get("supervisor", {}).get("runtime_dir")
-    except (OSError, tomllib.TOMLDecodeError, AttributeError):
+        raw = _supervisor_runtime_dir(config_path.read_text())
+    except (OSError, UnicodeDecodeError):
         raw = None
     if isinstance(raw, str):
         return config_path.absolute().parent / raw
     return config.default_runtime_dir()
+
+
+def _supervisor_runtime_dir(text: str) -> object:
+    """[supervisor] runtime_dir; when the file is not valid TOML, from its own line alone."""
+    try:
+        table = tomllib.loads(text).get("supervisor", {})
+        return table.get("runtime_dir") if isinstance(table, dict) else None
+    except tomllib.TOMLDecodeError:
+        pass
+    section = ""
+    for line in text.splitlines():
+        if (stripped := line.strip()).startswith("["):
+            section = stripped.partition("#")[0].strip()
+        elif section == "[supervisor]" and stripped.startswith("runtime_dir"):
+            with contextlib.suppress(tomllib.TOMLDecodeError):
+                return tomllib.loads(stripped).get("runtime_dir")
+    return None
 
 
 def show_status(daemon: Daemon, as_json: bool) -> int:

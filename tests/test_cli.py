@@ -111,6 +111,13 @@ class TestReload:
         assert "reload failed: invalid_config" in result.stderr
         assert "services.svc.workers" in result.stderr
 
+    def test_toml_syntax_error(self, running: Daemon) -> None:
+        """A config broken beyond TOML still leads to the daemon, which reports the syntax error."""
+        text = running.config_path.read_text()
+        running.config_path.write_text(text + "\n[services.broken\n")
+        result = cli(running, "reload")
+        assert result.returncode == 1 and "invalid TOML" in result.stderr
+
     def test_not_running(self, stopped: Daemon) -> None:
         """Nothing to reload: exit 7."""
         result = cli(stopped, "reload")
