@@ -26,11 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from supervisor.errors import SockherdError
+
 CONTROL_SOCKET = "control.sock"  # in runtime_dir
 MAX_REQUEST = 64 * 1024
 IDLE_TIMEOUT = 10.0
 MAX_CLIENTS = 32
 _ACCEPT_PAUSE = 1.0
+_PROBE_TIMEOUT = 1.0
 VERBS = ("status", "reload", "stop", "scale", "reopen-logs")
 
 
@@ -237,6 +240,23 @@ def _peer_uid(sock: socket.socket) -> int:
     credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", credentials)
     return int(uid)
+
+
+def check_free(path: Path) -> None:
+    """Refuse to start when a live sockherd answers at `path`: its socket must not be taken over
+    (the pid file guards nothing when the other instance was given another --pidfile)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(_PROBE_TIMEOUT)
+        try:
+            probe.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return  # none, or a dead instance's: _listen replaces it
+        except OSError as exc:  # a full backlog (EAGAIN) means a live listener too
+            raise SockherdError(f"cannot check {path}: {exc.strerror or exc}") from None
+    raise SockherdError(
+        f"another sockherd answers at {path} (sockherd status -c ITS_CONFIG); "
+        "stop it first, or give this instance another runtime_dir"
+    )
 
 
 def _listen(path: Path) -> socket.socket:

@@ -33,7 +33,7 @@ def check(path: Path) -> None:
     if pid is not None and is_live_sockherd(pid):
         raise SockherdError(
             f"sockherd is already running with pid {pid} (pid file {path}); "
-            "stop it first (sockherd stop), or give this instance another runtime_dir or --pidfile"
+            "stop it first (sockherd stop), or give this instance another runtime_dir"
         )
 
 

@@ -183,6 +183,23 @@ class TestPidFile:
         assert detached.pid == pid
         assert ask(detached.address(), b"still\n") == b"still\n"
 
+    def test_another_pidfile_does_not_take_the_control_socket(
+        self, detached: Detached, tmp_path: Path
+    ) -> None:
+        """A second daemon on the same runtime_dir with another --pidfile is refused: one socket each."""
+        detached.write()
+        pid = detached.start()
+        other = Detached(tmp_path / "other")
+        other.directory.mkdir()
+        other.write(runtime_dir=str(detached.runtime_dir))
+        try:
+            result = other.cli("run", "--daemon", "--pidfile", str(other.directory / "other.pid"))
+            assert result.returncode == 1
+            assert f"another sockherd answers at {detached.runtime_dir / CONTROL_SOCKET}" in result.stderr
+        finally:
+            other.kill()
+        assert json.loads(detached.cli("status", "--json").stdout)["pid"] == pid
+
     def test_stale_pid_file_replaced(self, detached: Detached) -> None:
         """A pid file naming a dead process is replaced by the new daemon's pid."""
         detached.write()
