@@ -7,6 +7,7 @@ to the running daemon through the control socket in the config's runtime_dir.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,7 +66,6 @@ def _add_options(commands: dict[str, argparse.ArgumentParser]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    args.config = args.config.absolute()  # a reload re-reads it, whatever the cwd is by then
     if args.command in ("run", "check"):
         return _run_or_check(args)
     daemon = client.Daemon(args.config, args.pidfile)
@@ -89,6 +89,8 @@ def _run_or_check(args: argparse.Namespace) -> int:
     if args.command == "check":
         print(f"{args.config}: ok ({len(loaded.services)} services)")
         return ExitCode.OK
+    # Problems name the file as given; a reload re-reads it by its absolute path, whatever the cwd.
+    loaded = dataclasses.replace(loaded, path=args.config.absolute())
     log_fd = 2
     if args.daemon and not loaded.supervisor.log_file:
         print(

@@ -77,11 +77,18 @@ class Detached:
         return host, int(port)
 
     def processes(self) -> list[psutil.Process]:
-        """Every process running this config: the master and its workers (forked, same cmdline)."""
+        """Every process running this config: the master and its workers (forked, same cmdline),
+        found by the config's path on the command line or through the pid file."""
         found = []
         for process in psutil.process_iter(["cmdline"]):
             if str(self.config_path) in " ".join(process.info["cmdline"] or []):
                 found.append(process)
+        try:
+            master = psutil.Process(int(self.pid_path.read_text()))
+            if "supervisor" in " ".join(master.cmdline()):
+                found += [master, *master.children(recursive=True)]
+        except (OSError, ValueError, psutil.Error):
+            pass
         return found
 
     def kill(self) -> None:
@@ -157,6 +164,16 @@ class TestDetaching:
         assert result.returncode == 2
         assert "--daemon needs [supervisor] log_file" in result.stderr
         assert not detached.processes()
+
+    def test_relative_config_path(self, detached: Detached) -> None:
+        """`-c` relative to the working directory: the daemon knows its config by its absolute path."""
+        detached.write()
+        result = run_cli("run", "--daemon", "-c", detached.config_path.name, cwd=detached.directory)
+        assert result.returncode == 0, result.stderr
+        detached.wait_for("ready")
+        status = json.loads(detached.cli("status", "--json").stdout)
+        assert (status["pid"], status["config"]) == (detached.pid, str(detached.config_path))
+        assert detached.cli("reload").returncode == 0
 
 
 class TestPidFile:
