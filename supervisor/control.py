@@ -70,7 +70,8 @@ class Client:
         return complete and self.waiting_for is None and not self.closing
 
     def take_request(self) -> bytes:
-        line, _, self.inbox = self.inbox.partition(b"\n")
+        """The first request, blank lines before it skipped in the same step."""
+        line, _, self.inbox = self.inbox.lstrip().partition(b"\n")
         return line
 
 
