@@ -143,6 +143,20 @@ class TestDetaching:
         assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
         assert os.readlink(f"/proc/{pid}/fd/1") == os.readlink(f"/proc/{pid}/fd/2") == str(detached.log_path)
 
+    def test_stdio_follows_reopened_logs(self, detached: Detached) -> None:
+        """After rotation and reopen-logs, stdout and stderr of master and workers are the new file."""
+        detached.write()
+        pid = detached.start()
+        detached.log_path.rename(detached.directory / "sockherd.jsonl.1")
+        assert detached.cli("reopen-logs").returncode == 0
+        worker = psutil.Process(pid).children()[0].pid
+
+        def stdio(process: int) -> set[str]:
+            return {os.readlink(f"/proc/{process}/fd/{fd}") for fd in (1, 2)}
+
+        assert stdio(pid) == {str(detached.log_path)}
+        wait_until(lambda: stdio(worker) == {str(detached.log_path)}, what="the worker to reopen")
+
     def test_umask_and_working_directory(self, detached: Detached, tmp_path: Path) -> None:
         """The umask is 022 whatever the caller's, and the working directory is the caller's."""
         detached.write()
