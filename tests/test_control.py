@@ -427,7 +427,9 @@ class TestLimits:
         daemon = sockherd.start({"svc": service()})
         with Control(control_path(daemon)) as greedy:
             flood(greedy.sock, b'{"verb": "status"}\n')
-            daemon.wait_for("control_client_dropped", reason="not_reading", timeout=IDLE_TIMEOUT + DEADLINE)
+            daemon.wait_for(
+                "control_client_dropped", reason="not_reading", timeout=IDLE_TIMEOUT + 2 * DEADLINE
+            )
             greedy.sock.settimeout(DEADLINE)
             read_to_end(greedy.sock)  # returns: the master closed the connection
         assert ask_once(daemon, "status")["ok"] is True
