@@ -844,6 +844,7 @@ def reload_under_load(sockherd: Launcher, short_dir: Path, interval: float, dura
         for _ in paced(interval, duration):
             daemon.send(signal.SIGHUP)
             sent += 1
+        barrier(daemon)  # the last SIGHUP is handled (started or queued) before `settled` can be judged
         wait_until(lambda: settled(daemon), timeout=30, what="the last reload to finish")
         last = max(e["generation"] for e in daemon.events("reload_done"))
         old = {e["worker_pid"] for e in daemon.events("worker_spawned") if e["generation"] < last}
