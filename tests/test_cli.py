@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,6 +148,22 @@ class TestStop:
         assert result.returncode == 0
         assert running.wait_exit() == 0
         assert running.events("stopping", signal="SIGTERM")
+
+    def test_never_signals_a_stranger(self, stopped: Daemon, tmp_path: Path) -> None:
+        """A stale pid file whose pid now runs another program (named like a supervisor) is left alone."""
+        stranger = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)", "supervisord", "sockherd-like"],
+            cwd=tmp_path,
+        )
+        try:
+            pid_file(stopped).write_text(f"{stranger.pid}\n")
+            assert cli(stopped, "status").returncode == 1
+            result = cli(stopped, "stop")
+            assert result.returncode == 0 and "not running" in result.stdout
+            assert stranger.poll() is None
+        finally:
+            stranger.kill()
+            stranger.wait()
 
     def test_timeout(self, sockherd: Launcher, tmp_path: Path) -> None:
         """A master still draining when --timeout passes: exit 1, and it goes on stopping."""
