@@ -7,6 +7,7 @@ to the running daemon through the control socket in the config's runtime_dir.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,6 +89,8 @@ def _run_or_check(args: argparse.Namespace) -> int:
     if args.command == "check":
         print(f"{args.config}: ok ({len(loaded.services)} services)")
         return ExitCode.OK
+    # Problems name the file as given; a reload re-reads it by its absolute path, whatever the cwd.
+    loaded = dataclasses.replace(loaded, path=args.config.absolute())
     log_fd = 2
     if args.daemon and not loaded.supervisor.log_file:
         print(
