@@ -131,6 +131,19 @@ class TestStatus:
         assert sorted(w["slot"] for w in workers) == [0, 0, 1, 1, 2]
         assert all(w["rss_mib"] > 0 for w in workers)
 
+    def test_open_connections_per_worker(self, sockherd: Launcher) -> None:
+        """A worker's `connections` counts the clients connected to it right now."""
+        daemon = sockherd.start({"web": service()})
+        clients = [socket.create_connection(daemon.address("web"), timeout=5) for _ in range(3)]
+        try:
+            for client in clients:  # answered: each connection has been accepted by the worker
+                client.sendall(b"hi\n")
+                assert client.recv(10) == b"hi\n"
+            assert ask_once(daemon, "status")["services"][0]["workers"][0]["connections"] == 3
+        finally:
+            for client in clients:
+                client.close()
+
     def test_after_a_reload(self, sockherd: Launcher) -> None:
         """After a reload the workers listed are the new generation's and last_reload says ok."""
         daemon = sockherd.start({"svc": service(workers=2)})
