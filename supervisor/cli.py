@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from supervisor import __version__, boot, client, config
+from supervisor import __version__, boot, client, config, logview
 from supervisor.errors import ConfigError, ExitCode
 from workers import logs
 
@@ -47,7 +47,14 @@ def _parser() -> argparse.ArgumentParser:
                 "--pidfile", type=Path, help="the pid file (default: sockherd.pid in runtime_dir)"
             )
     _add_options(commands.choices)
+    _add_logs_command(commands)
     return parser
+
+
+def _add_logs_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`sockherd logs`: its options live with the command, in logview."""
+    text = "show the events of the log file (or the journal), filtered; -f follows across rotations"
+    logview.add_arguments(commands.add_parser("logs", help=text, description=text), DEFAULT_CONFIG)
 
 
 def _add_options(commands: dict[str, argparse.ArgumentParser]) -> None:
@@ -65,6 +72,8 @@ def _add_options(commands: dict[str, argparse.ArgumentParser]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "logs":
+        return logview.run(args)
     if args.command in ("run", "check"):
         return _run_or_check(args)
     daemon = client.Daemon(args.config, args.pidfile)
