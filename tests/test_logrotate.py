@@ -95,7 +95,7 @@ def test_rotations_under_load_lose_no_line(sockherd: Launcher, tmp_path: Path) -
 
 
 def test_not_running_is_not_an_error(tmp_path: Path) -> None:
-    """With no sockherd running the postrotate script succeeds: nothing holds the old file."""
+    """With no sockherd running the postrotate script succeeds (nothing holds the old file), and says so."""
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
     (log_dir / "sockherd.log").write_text('{"event": "started"}\n')
@@ -105,6 +105,7 @@ def test_not_running_is_not_an_error(tmp_path: Path) -> None:
     config.write_text(render_example(log_dir, sockherd_config))
     result = logrotate(config, tmp_path / "state", "-f")
     assert result.returncode == 0, result.stderr
+    assert "reopen-logs: sockherd is not running" in result.stderr
     assert (log_dir / "sockherd.log.1").read_text() == '{"event": "started"}\n'
     assert (log_dir / "sockherd.log").read_text() == ""
 
