@@ -1,7 +1,8 @@
 """The `sockherd` command line.
 
 `run` and `check` read the config; `status`, `reload`, `stop`, `scale` and `reopen-logs` talk
-to the running daemon through the control socket in the config's runtime_dir.
+to the running daemon through the control socket in the config's runtime_dir; `logs` reads the
+log file (or the journal).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from supervisor import __version__, boot, client, config
+from supervisor import __version__, boot, client, config, logview
 from supervisor.errors import ConfigError, ExitCode
 from workers import logs
 
@@ -48,7 +49,14 @@ def _parser() -> argparse.ArgumentParser:
                 "--pidfile", type=Path, help="the pid file (default: sockherd.pid in runtime_dir)"
             )
     _add_options(commands.choices)
+    _add_logs_command(commands)
     return parser
+
+
+def _add_logs_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`sockherd logs`: its options live with the command, in logview."""
+    text = "show the events of the log file (or the journal), filtered; -f follows across rotations"
+    logview.add_arguments(commands.add_parser("logs", help=text, description=text), DEFAULT_CONFIG)
 
 
 def _add_options(commands: dict[str, argparse.ArgumentParser]) -> None:
@@ -66,6 +74,8 @@ def _add_options(commands: dict[str, argparse.ArgumentParser]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "logs":
+        return logview.run(args)
     if args.command in ("run", "check"):
         return _run_or_check(args)
     daemon = client.Daemon(args.config, args.pidfile)
