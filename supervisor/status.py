@@ -7,7 +7,6 @@ psutil and are best effort: a worker that exits meanwhile simply shows none.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import Any
 
 import psutil
@@ -23,7 +22,6 @@ def snapshot(pool: Pool, state: str, started: float, last_reload: dict[str, Any]
     generation = pool.current
     services = []
     ready = [w for w in pool.of(generation) if w.state is WorkerState.READY]
-    connections = _connections_by_pid()
     for service in generation.config.services:
         workers = [w for w in pool if w.service == service.name]
         listener = generation.listeners.get(service.name)
@@ -35,9 +33,7 @@ def snapshot(pool: Pool, state: str, started: float, last_reload: dict[str, Any]
                 "concurrency": service.concurrency.value,
                 "desired": generation.sizes[service.name],
                 "ready": len([w for w in ready if w.service == service.name]),
-                "workers": [
-                    _worker(w, connections) for w in sorted(workers, key=lambda w: (w.generation, w.slot))
-                ],
+                "workers": [_worker(w) for w in sorted(workers, key=lambda w: (w.generation, w.slot))],
             }
         )
     return {
@@ -50,16 +46,7 @@ def snapshot(pool: Pool, state: str, started: float, last_reload: dict[str, Any]
     }
 
 
-def _connections_by_pid() -> Counter[int]:
-    """Open client connections per process: one system-wide scan (a scan per worker costs ~18 ms
-    each, and the master's loop waits for the status)."""
-    try:
-        return Counter(c.pid for c in psutil.net_connections("all") if c.raddr and c.pid)
-    except psutil.Error:
-        return Counter()
-
-
-def _worker(worker: Worker, connections: Counter[int]) -> dict[str, Any]:
+def _worker(worker: Worker) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "pid": worker.pid,
         "slot": worker.slot,
@@ -67,7 +54,7 @@ def _worker(worker: Worker, connections: Counter[int]) -> dict[str, Any]:
         "state": worker.state.value,
         "uptime": round(time.monotonic() - worker.started, 1),
         "requests": worker.requests,
-        "connections": connections[worker.pid],
+        "connections": worker.connections,
     }
     try:
         process = psutil.Process(worker.pid)

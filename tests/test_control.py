@@ -139,10 +139,24 @@ class TestStatus:
             for client in clients:  # answered: each connection has been accepted by the worker
                 client.sendall(b"hi\n")
                 assert client.recv(10) == b"hi\n"
-            assert ask_once(daemon, "status")["services"][0]["workers"][0]["connections"] == 3
+            wait_until(  # as of the worker's last heartbeat, at most a second old
+                lambda: ask_once(daemon, "status")["services"][0]["workers"][0]["connections"] == 3,
+                what="status to count 3 connections",
+            )
         finally:
             for client in clients:
                 client.close()
+
+    @pytest.mark.parametrize("concurrency", ["sync", "thread", "fork"])
+    def test_connections_drop_when_clients_leave(self, sockherd: Launcher, concurrency: str) -> None:
+        """A connection closed by its client is no longer counted, whatever the concurrency."""
+        daemon = sockherd.start({"web": service(concurrency=concurrency)})
+        for _ in range(3):
+            with socket.create_connection(daemon.address("web"), timeout=5) as client:
+                client.sendall(b"hi\n")
+                assert client.recv(10) == b"hi\n"
+        worker = lambda: ask_once(daemon, "status")["services"][0]["workers"][0]  # noqa: E731
+        wait_until(lambda: worker()["requests"] == 3 and worker()["connections"] == 0, what="0 open")
 
     def test_after_a_reload(self, sockherd: Launcher) -> None:
         """After a reload the workers listed are the new generation's and last_reload says ok."""
