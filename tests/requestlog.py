@@ -1,8 +1,8 @@
 """A daemon logging to a file, and a load whose every request leaves one line in that log.
 
 The tests of log rotation and of `sockherd logs -f` check that every request's line is read back
-exactly once. Today that line is the `output` event of CommandStreamHandler's `log ID` command (the
-handler prints ID); once sockherd logs `access` events, `logged_requests` reads those instead.
+exactly once. That line is the request's `access` event (the service has access_log = true),
+which names the client's address: every request is a new connection from its own port.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def start_logging_to_file(sockherd: Launcher, directory: Path) -> tuple[Daemon, 
     log_file = directory / "sockherd.log"
     config_path = directory / "sockherd.toml"
     supervisor = {**sockherd.supervisor_defaults(), "log_file": str(log_file), "log_level": "info"}
-    config_path.write_text(render_config({"svc": service("tcp", "sync", workers=2)}, supervisor))
+    svc = service("tcp", "sync", workers=2, access_log=True)
+    config_path.write_text(render_config({"svc": svc}, supervisor))
     daemon = sockherd.start_file(config_path, wait_ready=False)
     wait_until(lambda: events(log_file, "ready"), what=f"ready in {log_file}")
     daemon.known_pids.update(p.pid for p in daemon.tree())
@@ -62,10 +63,10 @@ def events(path: Path, name: str) -> list[dict[str, Any]]:
 
 
 def request_id(record: dict[str, Any]) -> str | None:
-    """The request a log record stands for, if it is a request's line."""
-    line = record.get("line")
-    if record.get("event") == "output" and isinstance(line, str) and line.startswith(REQUEST_PREFIX):
-        return line
+    """The request a log record stands for (its client's address), if it is a request's line."""
+    peer = record.get("peer")
+    if record.get("event") == "access" and record.get("outcome") == "ok" and isinstance(peer, str):
+        return peer
     return None
 
 
@@ -116,20 +117,22 @@ class RequestLoad:
             with self._lock:
                 rid = f"{REQUEST_PREFIX}{next(self._ids)}"
             try:
-                reply = self._request(rid)
+                peer, reply = self._request(rid)
             except OSError as exc:
-                reply = repr(exc).encode()
+                peer, reply = rid, repr(exc).encode()
             with self._lock:
-                (self.answered if reply == b"log %s\n" % rid.encode() else self.failures).append(rid)
+                (self.answered if reply == b"log %s\n" % rid.encode() else self.failures).append(peer)
 
-    def _request(self, rid: str) -> bytes:
+    def _request(self, rid: str) -> tuple[str, bytes]:
+        """Send `log RID` on a new connection; return the client's address and the reply."""
         with socket.create_connection(self.address, timeout=TIMEOUT) as sock:
+            host, port = sock.getsockname()[:2]
             sock.sendall(b"log %s\n" % rid.encode())
             sock.shutdown(socket.SHUT_WR)
             reply = b""
             while chunk := sock.recv(4096):
                 reply += chunk
-        return reply
+        return f"{host}:{port}", reply
 
 
 def listening_address(log_file: Path, name: str = "svc") -> tuple[str, int]:
