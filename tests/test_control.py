@@ -155,8 +155,12 @@ class TestStatus:
             with socket.create_connection(daemon.address("web"), timeout=5) as client:
                 client.sendall(b"hi\n")
                 assert client.recv(10) == b"hi\n"
-        worker = lambda: ask_once(daemon, "status")["services"][0]["workers"][0]  # noqa: E731
-        wait_until(lambda: worker()["requests"] == 3 and worker()["connections"] == 0, what="0 open")
+
+        def settled() -> bool:
+            worker = ask_once(daemon, "status")["services"][0]["workers"][0]
+            return bool(worker["requests"] == 3 and worker["connections"] == 0)
+
+        wait_until(settled, what="3 requests served, none open")
 
     def test_after_a_reload(self, sockherd: Launcher) -> None:
         """After a reload the workers listed are the new generation's and last_reload says ok."""
