@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,22 +207,30 @@ class Launcher:
         path.write_text(render_config(services, {**self.supervisor_defaults(), **supervisor}))
         return path
 
-    def start_file(
-        self, config_path: Path, wait_ready: bool = True, env: dict[str, str] | None = None
+    def launch(
+        self, config_path: Path, log_path: Path | None = None, prefix: Sequence[str] = (), **popen: Any
     ) -> Daemon:
-        log_path = config_path.with_suffix(".log")
+        """`sockherd run -c config_path` in a session of its own, through `prefix` (a wrapper that
+        execs the rest) if given, its output in `log_path`; killed by pid at cleanup."""
+        log_path = log_path or config_path.with_suffix(".log")
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "supervisor", "run", "-c", str(config_path)],
+                [*prefix, sys.executable, "-m", "supervisor", "run", "-c", str(config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
-                env={**os.environ, **(env or {})},
                 cwd=self.tmp_path,
+                **popen,
             )
         daemon = Daemon(proc, log_path, config_path)
         self.daemons.append(daemon)
+        return daemon
+
+    def start_file(
+        self, config_path: Path, wait_ready: bool = True, env: dict[str, str] | None = None
+    ) -> Daemon:
+        daemon = self.launch(config_path, env={**os.environ, **(env or {})})
         if wait_ready:
             daemon.wait_for("ready")
             daemon.known_pids.update(p.pid for p in daemon.tree())

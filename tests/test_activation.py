@@ -5,8 +5,6 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +28,10 @@ def activated(
 
     The tool waits for the first client before it execs sockherd, so the caller connects first.
     """
-    config = sockherd.write(services)
-    log_path = config.with_suffix(".log")
-    command = [ACTIVATE or "", *(f"--listen={address}" for address in listen), f"--fdname={':'.join(names)}"]
-    command += ["--datagram"] if datagram else []
-    command += [sys.executable, "-m", "supervisor", "run", "-c", str(config)]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            cwd=sockherd.tmp_path,
-        )
-    daemon = Daemon(proc, log_path, config)
-    sockherd.daemons.append(daemon)
-    wait_until(lambda: _listening(proc.pid, listen), what=f"systemd-socket-activate to listen on {listen}")
+    prefix = [ACTIVATE or "", *(f"--listen={address}" for address in listen), f"--fdname={':'.join(names)}"]
+    prefix += ["--datagram"] if datagram else []
+    daemon = sockherd.launch(sockherd.write(services), prefix=prefix)
+    wait_until(lambda: _listening(daemon.pid, listen), what=f"systemd-socket-activate to listen on {listen}")
     return daemon
 
 

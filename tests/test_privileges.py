@@ -95,20 +95,7 @@ def supplementary_groups(pid: int) -> list[int]:
 
 def start_in_groups(sockherd: Launcher, services: dict[str, dict[str, Any]], groups: list[int]) -> Daemon:
     """A daemon with user = "nobody" whose master has the supplementary `groups`."""
-    config_path = sockherd.write(services, user="nobody")
-    log_path = config_path.with_suffix(".log")
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor", "run", "-c", str(config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            cwd=sockherd.tmp_path,
-            extra_groups=groups,
-        )
-    daemon = Daemon(proc, log_path, config_path)
-    sockherd.daemons.append(daemon)
+    daemon = sockherd.launch(sockherd.write(services, user="nobody"), extra_groups=groups)
     daemon.wait_for("ready")
     return daemon
 

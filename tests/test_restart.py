@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,29 +28,20 @@ if fd != 3:
     os.dup2(fd, 3)
     os.close(fd)
 os.environ["LISTEN_PID"] = str(os.getpid())
-os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+os.execv(sys.argv[2], sys.argv[2:])
 """
 
 
 def start_activated(sockherd: Launcher, config: Path, held: socket.socket, name: str) -> Daemon:
     """`sockherd run -c config`, given `held` as systemd gives a socket named `name`; each start
     logs to a file of its own."""
-    log_path = config.with_name(f"{config.stem}-{len(sockherd.daemons)}.log")
-    command = [sys.executable, "-c", EXEC_WITH_FD3, str(held.fileno())]
-    command += ["-m", "supervisor", "run", "-c", str(config)]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            pass_fds=(held.fileno(),),
-            env={**_environment(), "LISTEN_FDS": "1", "LISTEN_FDNAMES": name},
-            start_new_session=True,
-            cwd=sockherd.tmp_path,
-        )
-    daemon = Daemon(proc, log_path, config)
-    sockherd.daemons.append(daemon)
+    daemon = sockherd.launch(
+        config,
+        config.with_name(f"{config.stem}-{len(sockherd.daemons)}.log"),
+        prefix=[sys.executable, "-c", EXEC_WITH_FD3, str(held.fileno())],
+        pass_fds=(held.fileno(),),
+        env={**_environment(), "LISTEN_FDS": "1", "LISTEN_FDNAMES": name},
+    )
     daemon.wait_for("ready")
     daemon.known_pids.update(p.pid for p in daemon.tree())
     return daemon
