@@ -66,6 +66,7 @@ class ServiceConfig:
     socket_mode: int = 0o660
     max_packet_size: int = 8192
     access_log: bool = False
+    client_timeout: float = 0.0  # 0: a connection may wait on its client for ever
     timeout: float = 30.0
     max_requests: int = 0
     max_requests_jitter: int = 0
@@ -220,6 +221,7 @@ def _service(table: Table, name: str, base: Path) -> tuple[ServiceConfig, bool]:
             datagram, "max_packet_size", int, 8192, "datagram protocols", minimum=1, maximum=MAX_PACKET_SIZE
         ),
         access_log=table.get("access_log", bool, False),
+        client_timeout=_client_timeout(table, stream),
         timeout=_seconds(table, "timeout", 30.0, zero=False),
         max_requests=table.integer("max_requests", 0, minimum=0),
         max_requests_jitter=table.integer("max_requests_jitter", 0, minimum=0),
@@ -270,6 +272,12 @@ def _seconds(table: Table, key: str, default: float, *, zero: bool) -> float:
         table.problem(key, f"must be a finite number of seconds, got {value}")
         return default
     return value
+
+
+def _client_timeout(table: Table, stream: bool) -> float:
+    if not stream:
+        return table.only_if(False, "client_timeout", float, 0.0, "stream protocols")
+    return _seconds(table, "client_timeout", 0.0, zero=True)
 
 
 def _path(table: Table, key: str) -> str:

@@ -451,11 +451,12 @@ class TestHostileValues:
         path = write_config(tmp_path, {"a": service("tcp")}, **{key: value})
         assert only_problem(check(path), path, f"supervisor.{key}") == "a path cannot contain a NUL character"
 
-    @pytest.mark.parametrize("key", ["graceful_timeout", "reload_timeout", "timeout"])
+    @pytest.mark.parametrize("key", ["graceful_timeout", "reload_timeout", "timeout", "client_timeout"])
     def test_infinite_seconds(self, tmp_path: Path, key: str) -> None:
         """inf is not a number of seconds: a stop with graceful_timeout = inf crashed the master."""
-        if key == "timeout":
-            path, name = write_config(tmp_path, {"a": service("tcp", timeout=math.inf)}), "services.a.timeout"
+        if key in ("timeout", "client_timeout"):
+            keys: dict[str, Any] = {key: math.inf}
+            path, name = write_config(tmp_path, {"a": service("tcp", **keys)}), f"services.a.{key}"
         else:
             path, name = write_config(tmp_path, {"a": service("tcp")}, **{key: math.inf}), f"supervisor.{key}"
         assert only_problem(check(path), path, name) == "must be a finite number of seconds, got inf"
@@ -471,6 +472,21 @@ class TestHostileValues:
         assert only_problem(check(path), path, f"services.a.{key}").startswith(f"must be at most {maximum}")
         largest = write_config(tmp_path, {"a": service(protocol, "sync", **{key: maximum})})
         assert check(largest).returncode == 0
+
+
+class TestClientTimeout:
+    """client_timeout: seconds a stream connection may keep its worker waiting; 0 (off) by default."""
+
+    def test_off_by_default(self, tmp_path: Path) -> None:
+        """Without the key a connection may wait on its client for ever, as with the stdlib."""
+        [loaded] = config.load(write_config(tmp_path, {"a": service("tcp")}), import_handlers=False).services
+        assert loaded.client_timeout == 0
+
+    @pytest.mark.parametrize(("value", "message"), [(-1, "must be 0 or more seconds, got -1.0")])
+    def test_negative(self, tmp_path: Path, value: float, message: str) -> None:
+        """A negative client_timeout is refused."""
+        path = write_config(tmp_path, {"a": service("unix-stream", listen="a.sock", client_timeout=value)})
+        assert only_problem(check(path), path, "services.a.client_timeout") == message
 
 
 class TestRequiredKeys:
@@ -522,6 +538,8 @@ class TestKeysThatDoNotApply:
             ("udp", "sync", "socket_mode", "0600"),
             ("tcp", "thread", "max_packet_size", 1024),
             ("unix-stream", "fork", "max_packet_size", 1024),
+            ("udp", "thread", "client_timeout", 5.0),
+            ("unix-dgram", "sync", "client_timeout", 5.0),
         ],
     )
     def test_key_not_applicable(

@@ -11,8 +11,9 @@ Class diagram (each class is the stdlib class of the same name plus `Adoptable`)
 They behave exactly like the stdlib servers, with five differences: `from_socket()` builds a
 server around an already bound socket; accepted TCP connections get TCP_NODELAY;
 `handle_error()` logs one structured event instead of printing a traceback; with
-`access_log` set, each request is logged as an `access` event (workers.access); and running out
-of descriptors or memory in accept() pauses the loop instead of spinning (`get_request`). An optional
+`access_log` set, each request is logged as an `access` event (workers.access); with
+`client_timeout` set, an accepted connection gets that socket timeout; and running out of
+descriptors or memory in accept() pauses the loop instead of spinning (`get_request`). An optional
 `monitor` hears every turn of the serving loop (`service_actions`) and every accepted request
 (`verify_request`); the Forking classes go through `_ForkingMixIn` because the stdlib's
 `ForkingMixIn.service_actions` does not call `super()`.
@@ -60,6 +61,10 @@ class Adoptable(socketserver.BaseServer):
     monitor: Monitor | None = None
     access_log = False  # one `access` event per request, with its bytes counted
 
+    # Seconds each wait on a stream client (recv, or send to one that does not read) may take;
+    # then TimeoutError ends the request. None: wait for ever. A handler class's own `timeout`
+    # attribute (StreamRequestHandler's) still overrides it in the handler's setup().
+    client_timeout: float | None = None
     accept_failures = 0  # accept() failures in a row for lack of a resource
 
     def get_request(self) -> Any:
@@ -72,6 +77,8 @@ class Adoptable(socketserver.BaseServer):
         if self.accept_failures:
             get_logger().info("accept_resumed", failures=self.accept_failures)
             self.accept_failures = 0
+        if self.client_timeout and isinstance(request, _Socket):
+            request.settimeout(self.client_timeout)
         return (access.count(request) if self.access_log else request), client_address
 
     def _pause_accepting(self, error: OSError) -> None:
@@ -115,7 +122,9 @@ class Adoptable(socketserver.BaseServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         error = sys.exc_info()[1]
         log = get_logger()
-        if isinstance(error, CLIENT_GONE):
+        if isinstance(error, TimeoutError):
+            log.debug("client_timeout", peer=_peer(client_address), client_timeout=self.client_timeout)
+        elif isinstance(error, CLIENT_GONE):
             log.debug("client_reset", peer=_peer(client_address), error=repr(error))
         else:
             log.error("handler_error", peer=_peer(client_address), exc_info=True)
