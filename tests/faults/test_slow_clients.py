@@ -8,10 +8,10 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-import psutil
 import pytest
 
 from tests.conftest import DEADLINE, Launcher, read_to_end, service, wait_until
+from tests.faults.conftest import held_connections
 from tests.load import Load
 
 pytestmark = pytest.mark.faults
@@ -31,19 +31,6 @@ def slow_clients(address: tuple[str, int], count: int) -> list[socket.socket]:
             client.sendall(b"pi")  # half a request line
         clients.append(client)
     return clients
-
-
-def connections(pid: int, port: int) -> int:
-    """Connections to `port` held by the worker and its request children."""
-    worker = psutil.Process(pid)
-    held = 0
-    for process in [worker, *worker.children(recursive=True)]:
-        try:
-            sockets = process.net_connections("tcp")
-        except psutil.NoSuchProcess:
-            continue
-        held += sum(1 for c in sockets if c.laddr and c.laddr.port == port and c.status != "LISTEN")
-    return held
 
 
 @pytest.mark.parametrize("concurrency", ["thread", "fork", "sync"])
@@ -66,7 +53,7 @@ def test_client_timeout_frees_slow_clients(sockherd: Launcher, concurrency: str)
         daemon.wait_for("client_timeout", count=SLOW[concurrency])
         served = load.successes["tcp-per-request"]
         wait_until(lambda: load.successes["tcp-per-request"] >= served + 10, what="service after")
-    wait_until(lambda: connections(pid, address[1]) == 0, what="the worker to hold no connection")
+    wait_until(lambda: held_connections(daemon, pid) == 0, what="the worker to hold no connection")
     assert not load.failures, load.report()
     assert daemon.workers("svc") == [pid]
     assert not daemon.events("handler_error") and not daemon.events("worker_timeout")
