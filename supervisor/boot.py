@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from supervisor import daemon, pidfile, privileges, systemd
+from supervisor import control, daemon, pidfile, privileges, systemd
 from supervisor.config import Config
 from supervisor.errors import ExitCode, SockherdError
 from supervisor.master import Master
@@ -29,6 +29,7 @@ def run(config: Config, log_fd: int = 2, pid_path: Path | None = None, detach: b
     try:
         runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         pidfile.check(pid_path)
+        control.check_free(runtime_dir / control.CONTROL_SOCKET)
         listeners = _listeners(config, pid_path)
     except (OSError, SockherdError) as exc:
         log.critical("start_failed", error=str(exc))

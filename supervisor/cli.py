@@ -1,17 +1,19 @@
 """The `sockherd` command line.
 
 `run` and `check` read the config; `status`, `reload`, `stop`, `scale` and `reopen-logs` talk
-to the running daemon through the control socket in the config's runtime_dir.
+to the running daemon through the control socket in the config's runtime_dir; `logs` reads the
+log file (or the journal).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from supervisor import __version__, boot, client, config
+from supervisor import __version__, boot, client, config, logview
 from supervisor.errors import ConfigError, ExitCode
 from workers import logs
 
@@ -47,7 +49,14 @@ def _parser() -> argparse.ArgumentParser:
                 "--pidfile", type=Path, help="the pid file (default: sockherd.pid in runtime_dir)"
             )
     _add_options(commands.choices)
+    _add_logs_command(commands)
     return parser
+
+
+def _add_logs_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`sockherd logs`: its options live with the command, in logview."""
+    text = "show the events of the log file (or the journal), filtered; -f follows across rotations"
+    logview.add_arguments(commands.add_parser("logs", help=text, description=text), DEFAULT_CONFIG)
 
 
 def _add_options(commands: dict[str, argparse.ArgumentParser]) -> None:
@@ -65,6 +74,8 @@ def _add_options(commands: dict[str, argparse.ArgumentParser]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "logs":
+        return logview.run(args)
     if args.command in ("run", "check"):
         return _run_or_check(args)
     daemon = client.Daemon(args.config, args.pidfile)
@@ -88,6 +99,8 @@ def _run_or_check(args: argparse.Namespace) -> int:
     if args.command == "check":
         print(f"{args.config}: ok ({len(loaded.services)} services)")
         return ExitCode.OK
+    # Problems name the file as given; a reload re-reads it by its absolute path, whatever the cwd.
+    loaded = dataclasses.replace(loaded, path=args.config.absolute())
     log_fd = 2
     if args.daemon and not loaded.supervisor.log_file:
         print(

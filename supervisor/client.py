@@ -7,6 +7,7 @@ to SIGTERM; the others say what is wrong, since only the socket can report an ou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -28,7 +29,11 @@ _STOP_MARGIN = 15.0  # beyond graceful_timeout: the master kills what is left, t
 
 
 class NotRunningError(SockherdError):
-    """No sockherd answers on the control socket."""
+    """Nothing listens on the control socket."""
+
+
+class NoAnswerError(SockherdError):
+    """The control socket is there but gives no reply: not ours to use, too slow, or it hung up."""
 
 
 class Daemon:
@@ -47,8 +52,15 @@ class Daemon:
                 sock.connect(str(self.socket_path))
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 raise NotRunningError(f"nothing answers at {self.socket_path}: {exc.strerror}") from None
-            sock.sendall(json.dumps({"verb": verb, **arguments}).encode() + b"\n")
-            return _read_reply(sock)
+            except OSError as exc:  # EACCES; EAGAIN when a master that stopped accepting has a full backlog
+                raise NoAnswerError(f"{self.socket_path}: {exc.strerror or exc}") from None
+            try:
+                sock.sendall(json.dumps({"verb": verb, **arguments}).encode() + b"\n")
+                return _read_reply(sock)
+            except TimeoutError:
+                raise NoAnswerError(f"no reply at {self.socket_path} within {timeout:g}s") from None
+            except OSError as exc:
+                raise NoAnswerError(f"{self.socket_path}: {exc.strerror or exc}") from None
 
     def live_pid(self) -> int | None:
         """The pid in the pid file, if it is a running sockherd."""
@@ -61,7 +73,7 @@ def _read_reply(sock: socket.socket) -> dict[str, Any]:
     while not data.endswith(b"\n"):
         chunk = sock.recv(65536)
         if not chunk or len(data) > REPLY_LIMIT:
-            raise SockherdError("sockherd closed the control connection without a complete reply")
+            raise NoAnswerError("sockherd closed the control connection without a complete reply")
         data += chunk
     reply: dict[str, Any] = json.loads(data)
     return reply
@@ -71,13 +83,29 @@ def _runtime_dir(config_path: Path) -> Path:
     """Where the daemon of `config_path` keeps its control socket, read leniently: a config
     broken since the start must still lead to the daemon (to reload it and hear the failure)."""
     try:
-        with config_path.open("rb") as file:
-            raw = tomllib.load(file).get("supervisor", {}).get("runtime_dir")
-    except (OSError, tomllib.TOMLDecodeError, AttributeError):
+        raw = _supervisor_runtime_dir(config_path.read_text())
+    except (OSError, UnicodeDecodeError):
         raw = None
     if isinstance(raw, str):
         return config_path.absolute().parent / raw
     return config.default_runtime_dir()
+
+
+def _supervisor_runtime_dir(text: str) -> object:
+    """[supervisor] runtime_dir; when the file is not valid TOML, from its own line alone."""
+    try:
+        table = tomllib.loads(text).get("supervisor", {})
+        return table.get("runtime_dir") if isinstance(table, dict) else None
+    except tomllib.TOMLDecodeError:
+        pass
+    section = ""
+    for line in text.splitlines():
+        if (stripped := line.strip()).startswith("["):
+            section = stripped.partition("#")[0].strip()
+        elif section == "[supervisor]" and stripped.startswith("runtime_dir"):
+            with contextlib.suppress(tomllib.TOMLDecodeError):
+                return tomllib.loads(stripped).get("runtime_dir")
+    return None
 
 
 def show_status(daemon: Daemon, as_json: bool) -> int:
@@ -85,13 +113,17 @@ def show_status(daemon: Daemon, as_json: bool) -> int:
         reply = daemon.call("status", timeout=10)
     except NotRunningError as exc:
         return _not_answering(daemon, str(exc))
+    except NoAnswerError as exc:
+        return _not_answering(daemon, str(exc), listening=True)
     print(json.dumps(reply, indent=2) if as_json else status.render(reply))
     return StatusCode.RUNNING
 
 
-def _not_answering(daemon: Daemon, why: str) -> int:
-    if pid := daemon.live_pid():
-        print(f"sockherd pid {pid} is running but its control socket does not answer: {why}", file=sys.stderr)
+def _not_answering(daemon: Daemon, why: str, listening: bool = False) -> int:
+    """`listening`: something accepted or refused the connection, so a sockherd may well run."""
+    if (pid := daemon.live_pid()) or listening:
+        who = f"sockherd pid {pid}" if pid else "sockherd"
+        print(f"{who} is running but its control socket does not answer: {why}", file=sys.stderr)
         return StatusCode.UNKNOWN
     if pidfile.read(daemon.pid_path) is not None:
         print(f"sockherd is not running (stale pid file {daemon.pid_path})")
@@ -106,8 +138,8 @@ def reload(daemon: Daemon, timeout: float) -> int:
         reply = daemon.call("reload", timeout=timeout)
     except NotRunningError as exc:
         return _cannot_ask(daemon, "reload", str(exc), signal.SIGHUP)
-    except TimeoutError:
-        print(f"reload: no outcome within {timeout:g}s (see the logs)", file=sys.stderr)
+    except NoAnswerError as exc:
+        print(f"reload: no outcome: {exc} (see the logs)", file=sys.stderr)
         return ExitCode.FAILURE
     if reply.get("ok"):
         print(f"reloaded: generation {reply.get('generation')} is serving")
@@ -140,7 +172,11 @@ def stop(daemon: Daemon, timeout: float | None) -> int:
             print(f"sockherd is not running ({exc})")
             return ExitCode.OK  # LSB: stopping a stopped service succeeds
         pid, graceful = pid_or_none, 30.0
-        psutil.Process(pid).send_signal(signal.SIGTERM)
+        with contextlib.suppress(psutil.NoSuchProcess):  # it exited meanwhile: as good
+            psutil.Process(pid).send_signal(signal.SIGTERM)
+    except NoAnswerError as exc:  # it may have been asked already: a SIGTERM now would escalate
+        print(f"stop: {exc}", file=sys.stderr)
+        return ExitCode.FAILURE
     wait = timeout if timeout is not None else graceful + _STOP_MARGIN
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
@@ -166,6 +202,9 @@ def simple(daemon: Daemon, verb: str, **arguments: Any) -> int:
     except NotRunningError as exc:
         print(f"{verb}: sockherd is not running ({exc})", file=sys.stderr)
         return ExitCode.NOT_RUNNING
+    except NoAnswerError as exc:
+        print(f"{verb}: {exc}", file=sys.stderr)
+        return ExitCode.FAILURE
     if not reply.pop("ok", False):
         print(f"{verb}: {reply.get('error')}", file=sys.stderr)
         return ExitCode.FAILURE

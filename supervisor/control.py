@@ -7,6 +7,9 @@ is answered when the reload has ended, with its outcome.
 The master serves it from its own loop, so nothing here may block: sockets are non-blocking, a
 request longer than MAX_REQUEST or left unfinished for IDLE_TIMEOUT is answered with an error and
 the connection dropped, and only root or sockherd's own user (SO_PEERCRED) is served at all.
+Each wake-up of a client does one step (send, answer one request, or read), and nothing is read
+while a reply waits to be sent: a client that pipelines thousands of requests, or never reads
+its replies, gets no more of the loop than any other and is dropped once it stalls IDLE_TIMEOUT.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from supervisor.errors import SockherdError
+
 CONTROL_SOCKET = "control.sock"  # in runtime_dir
 MAX_REQUEST = 64 * 1024
 IDLE_TIMEOUT = 10.0
 MAX_CLIENTS = 32
 _ACCEPT_PAUSE = 1.0
+_PROBE_TIMEOUT = 1.0
 VERBS = ("status", "reload", "stop", "scale", "reopen-logs")
 
 
@@ -55,7 +61,18 @@ class Client:
     eof: bool = False  # the client has sent everything; replies still go out
     registered: bool = False  # with the selector
     closing: bool = False  # close once the outbox is sent
-    last_active: float = field(default_factory=time.monotonic)
+    last_active: float = field(default_factory=time.monotonic)  # bytes last received or sent
+
+    @property
+    def has_request(self) -> bool:
+        """A complete request can be answered now (the last one may lack its newline at EOF)."""
+        complete = b"\n" in self.inbox or (self.eof and bool(self.inbox.strip()))
+        return complete and self.waiting_for is None and not self.closing
+
+    def take_request(self) -> bytes:
+        """The first request, blank lines before it skipped in the same step."""
+        line, _, self.inbox = self.inbox.lstrip().partition(b"\n")
+        return line
 
 
 class ControlServer:
@@ -80,10 +97,9 @@ class ControlServer:
             if client.waiting_for is not None and (outcome := outcomes.get(client.waiting_for)):
                 client.waiting_for = None
                 self._reply(client, outcome)
-                self._serve(client)
-                self._update(client)
             elif client.waiting_for is None and now - client.last_active > IDLE_TIMEOUT:
-                if client.closing or client.eof:  # answered, but not reading its replies
+                if client.outbox or client.has_request:  # an error reply would not be read either
+                    self.log.warning("control_client_dropped", reason="not_reading", peer_uid=client.uid)
                     self._close(client)
                 else:
                     self._drop(client, "idle", f"no complete request within {IDLE_TIMEOUT:g}s")
@@ -121,34 +137,28 @@ class ControlServer:
             self._drop(client, "busy", f"too many control clients (limit {MAX_CLIENTS})")
 
     def _transfer(self, client: Client) -> None:
+        """One step: send what waits to be sent, else answer one request, else read."""
         try:
-            client.outbox = client.outbox[client.sock.send(client.outbox) :] if client.outbox else b""
-            if not (client.closing or client.eof):
-                data = client.sock.recv(MAX_REQUEST)
-                client.inbox, client.eof = client.inbox + data, not data
+            if client.outbox:
+                client.outbox = client.outbox[client.sock.send(client.outbox) :]
                 client.last_active = time.monotonic()
-                self._serve(client)
+            elif client.has_request:
+                if (line := client.take_request()).strip():
+                    self._answer(client, line)
+            elif not (client.closing or client.eof or client.waiting_for is not None):
+                self._receive(client)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
             self._close(client)
         self._update(client)
 
-    def _serve(self, client: Client) -> None:
-        """Answer the complete requests in the inbox, stopping at one that must wait."""
-        while client.waiting_for is None and not client.closing:
-            line, newline, rest = client.inbox.partition(b"\n")
-            if not newline and client.eof and line.strip():
-                line, newline, rest = line, b"\n", b""  # the last request may lack its newline
-            if not newline:
-                if len(client.inbox) > MAX_REQUEST:
-                    self._drop(client, "too_large", f"a request may be at most {MAX_REQUEST} bytes")
-                elif client.eof:
-                    client.closing = True  # everything asked has been answered
-                return
-            client.inbox = rest
-            if line.strip():
-                self._answer(client, line)
+    def _receive(self, client: Client) -> None:
+        data = client.sock.recv(MAX_REQUEST)
+        client.inbox, client.eof = client.inbox + data, not data
+        client.last_active = time.monotonic()
+        if len(client.inbox.partition(b"\n")[0]) > MAX_REQUEST:
+            self._drop(client, "too_large", f"a request may be at most {MAX_REQUEST} bytes")
 
     def _answer(self, client: Client, line: bytes) -> None:
         try:
@@ -176,6 +186,7 @@ class ControlServer:
 
     def _reply(self, client: Client, reply: dict[str, Any]) -> None:
         client.outbox += json.dumps(reply).encode() + b"\n"
+        client.last_active = time.monotonic()  # the idle clock restarts, even after a long reload
         with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
             client.outbox = client.outbox[client.sock.send(client.outbox) :]
         self._update(client)
@@ -186,15 +197,19 @@ class ControlServer:
         self._reply(client, {"ok": False, "error": error})
 
     def _update(self, client: Client) -> None:
-        """Watch for what the client needs next; close it once a drop's reply is out."""
+        """Watch for what the client needs next; close it once everything asked is answered."""
         if client not in self.clients:
             return
+        if client.eof and client.waiting_for is None and not client.inbox.strip():
+            client.closing = True
         if client.closing and not client.outbox:
             self._close(client)
             return
-        events = selectors.EVENT_WRITE if client.outbox else 0
-        events |= 0 if client.closing or client.eof else selectors.EVENT_READ
-        # Waiting for a reload with nothing to send after EOF: unwatched, or the selector would spin.
+        # Writable is the cue for the next step too: one pipelined request per pass of the loop.
+        events = selectors.EVENT_WRITE if client.outbox or client.has_request else 0
+        idle = not (events or client.closing or client.eof or client.waiting_for is not None)
+        events |= selectors.EVENT_READ if idle else 0
+        # Waiting for a reload: unwatched (the kernel holds what the client sends meanwhile).
         if client.registered:
             self.selector.unregister(client.sock)
         if events:
@@ -226,6 +241,23 @@ def _peer_uid(sock: socket.socket) -> int:
     credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", credentials)
     return int(uid)
+
+
+def check_free(path: Path) -> None:
+    """Refuse to start when a live sockherd answers at `path`: its socket must not be taken over
+    (the pid file guards nothing when the other instance was given another --pidfile)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(_PROBE_TIMEOUT)
+        try:
+            probe.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return  # none, or a dead instance's: _listen replaces it
+        except OSError as exc:  # a full backlog (EAGAIN) means a live listener too
+            raise SockherdError(f"cannot check {path}: {exc.strerror or exc}") from None
+    raise SockherdError(
+        f"another sockherd answers at {path} (sockherd status -c ITS_CONFIG); "
+        "stop it first, or give this instance another runtime_dir"
+    )
 
 
 def _listen(path: Path) -> socket.socket:

@@ -159,14 +159,15 @@ class Master:
         else:
             self.reloader.on_exit(worker, status)
 
-    def _reopen_logs(self) -> None:
+    def _reopen_logs(self) -> bool:
         """Reopen the log file here and in every worker (logrotate's postrotate sends SIGUSR1)."""
         path = self.config.supervisor.log_file
         if not logs.reopen_or_log(path, self.log_fd):
-            return
+            return False
         privileges.hand_over_log_file(path, self.config.supervisor.identity, self.log)
         self.pool.signal_all(signal.SIGUSR1)
         self.log.info("logs_reopened", path=str(path) if path else None)
+        return True
 
     def _scale(self, step: int) -> None:
         sizes = self.pool.current.sizes
@@ -202,7 +203,9 @@ class Master:
         return {"service": service, "workers": workers}
 
     def reopen_logs(self) -> dict[str, Any]:
-        self._reopen_logs()
+        if not self._reopen_logs():
+            path = self.config.supervisor.log_file
+            raise CommandError(f"cannot reopen {path} (see logs_reopen_failed); logs go on to the old file")
         return {}
 
     # Stop -----------------------------------------------------------------------------------

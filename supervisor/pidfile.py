@@ -20,11 +20,15 @@ def read(path: Path) -> int | None:
 
 
 def is_live_sockherd(pid: int) -> bool:
+    """`pid` runs `sockherd ...` or `python -m supervisor ...`: a command line that merely
+    mentions either (supervisord, an editor on sockherd.toml) is a stranger, never to be signalled."""
     try:
-        cmdline = " ".join(psutil.Process(pid).cmdline())
+        cmdline = psutil.Process(pid).cmdline()
     except psutil.Error:
         return False
-    return pid != os.getpid() and ("sockherd" in cmdline or "supervisor" in cmdline)
+    programs = {os.path.basename(arg) for arg in cmdline[:2]}  # [python] /usr/bin/sockherd
+    as_module = any(cmdline[i : i + 2] == ["-m", "supervisor"] for i in range(len(cmdline)))
+    return pid != os.getpid() and ("sockherd" in programs or as_module)
 
 
 def check(path: Path) -> None:
@@ -33,7 +37,7 @@ def check(path: Path) -> None:
     if pid is not None and is_live_sockherd(pid):
         raise SockherdError(
             f"sockherd is already running with pid {pid} (pid file {path}); "
-            "stop it first (sockherd stop), or give this instance another runtime_dir or --pidfile"
+            "stop it first (sockherd stop), or give this instance another runtime_dir"
         )
 
 

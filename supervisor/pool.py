@@ -177,6 +177,7 @@ class Pool:
         worker.last_seen = time.monotonic()
         for message in worker.reader.feed(data):  # "alive" carries nothing else
             worker.requests = message.get("requests", worker.requests)
+            worker.connections = message.get("open", worker.connections)
             if message["message"] == "ready" and worker.state is WorkerState.BOOTING:
                 worker.move_to(WorkerState.READY)
             elif message["message"] == "retire":

@@ -47,6 +47,7 @@ class Worker:
     started: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     requests: int = 0
+    connections: int = 0  # open connections (datagrams: requests in progress), as last reported
     rss_checked: float = field(default_factory=time.monotonic)  # first check a second after spawn
     stop_deadline: float | None = None  # told to stop: killed if still there by then
     state: WorkerState = WorkerState.BOOTING

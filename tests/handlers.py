@@ -18,8 +18,11 @@ if _import_log := os.environ.get("SOCKHERD_TEST_IMPORT_LOG"):
 def _reply(command: bytes) -> bytes:
     """`sleep N` sleeps N seconds; `boom` raises; `pid` answers pid and ppid; `env NAME` answers
     the variable's value ("-" when unset); `ids` answers uid, gid and the supplementary groups
-    ("0 0 0,1"); else echo."""
+    ("0 0 0,1"); `log ID` prints ID (one `output` event per request) and echoes; else echo."""
     word, _, argument = command.strip().partition(b" ")
+    if word == b"log":
+        print(argument.decode())
+        return command
     if word == b"sleep":
         time.sleep(float(argument))
         return b"slept\n"

@@ -295,7 +295,9 @@ class TestMaxRequests:
         [_, replacement] = wait_until(lambda: len(s := slot_workers(daemon)) == 2 and s, what="a new worker")
         daemon.wait_for("worker_exited", worker_pid=worker)
         stopping = daemon.wait_for("worker_stopping", pid=worker)
-        booted = timestamp(daemon.wait_for("worker_spawned", worker_pid=replacement)) + timedelta(seconds=1)
+        # The replacement logs worker_ready before it tells the master, which only then stops the
+        # old one (worker_spawned would not do: the child may start booting before it is logged).
+        booted = timestamp(daemon.wait_for("worker_ready", pid=replacement))
         assert timestamp(stopping) > booted
         assert served_by(daemon) == replacement
 

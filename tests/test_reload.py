@@ -833,9 +833,7 @@ def reload_under_load(sockherd: Launcher, short_dir: Path, interval: float, dura
         for _ in paced(interval, duration):
             daemon.send(signal.SIGHUP)
             sent += 1
-        # The master may not have acted on the last SIGHUP yet; a reload asked through the control
-        # socket is answered only once every reload started or queued before it has ended.
-        assert run_cli("reload", "-c", str(daemon.config_path)).returncode == 0
+        barrier(daemon)  # the last SIGHUP is handled (started or queued) before `settled` can be judged
         wait_until(lambda: settled(daemon), timeout=30, what="the last reload to finish")
         last = max(e["generation"] for e in daemon.events("reload_done"))
         old = {e["worker_pid"] for e in daemon.events("worker_spawned") if e["generation"] < last}
@@ -851,7 +849,7 @@ def reload_under_load(sockherd: Launcher, short_dir: Path, interval: float, dura
     assert not daemon.events("reload_failed")
     direct, queued = sighups_handled(daemon)
     assert len(daemon.events("reload_done")) == len(daemon.events("reload_started")) >= 1
-    assert 1 <= direct + queued <= sent + 1  # each SIGHUP (and the last reload) started one or queued one
+    assert 1 <= direct + queued <= sent  # each SIGHUP started a reload or was queued (or merged)
     assert {e["state"] for e in daemon.events("worker_exited")} == {"stopping"}
     assert {e["exit_code"] for e in daemon.events("worker_exited")} == {0}
     assert not daemon.events("handler_error")

@@ -102,13 +102,25 @@ def reopen(path: Path, fd: int) -> None:
     """Point `fd` at a fresh open of `path`, as after logrotate moved the old file away.
 
     dup2 swaps the file behind the descriptor in one step, so a line is written whole to the
-    old file or to the new one, never lost in between.
+    old file or to the new one, never lost in between. stdout and stderr follow when they were
+    the same file (a daemon's): stray output and tracebacks must not go on to the rotated one.
     """
     fresh = open_log_file(path)
     try:
+        stdio = [std for std in (1, 2) if std != fd and _same_file(std, fd)]
         os.dup2(fresh, fd, inheritable=False)
+        for std in stdio:
+            os.dup2(fresh, std)
     finally:
         os.close(fresh)
+
+
+def _same_file(fd: int, other: int) -> bool:
+    try:
+        first, second = os.fstat(fd), os.fstat(other)
+    except OSError:
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
 def reopen_or_log(path: Path | None, fd: int) -> bool:

@@ -10,6 +10,7 @@ be imported or the server not built.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import selectors
@@ -17,6 +18,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +85,9 @@ def worker_main(spec: WorkerSpec) -> int:
     if server is None:
         return BOOT_FAILED
     os.register_at_fork(after_in_child=lambda: _in_request_child(spec, server))
-    server.monitor = Monitor(spec)
+    server.monitor = monitor = Monitor(spec)
+    if spec.concurrency == "fork":  # request children hold the connections; the worker closed its copies
+        monitor.open_requests = lambda: len(server.active_children or ())  # type: ignore[attr-defined]
     return Worker(spec, server, signals).run()
 
 
@@ -154,6 +158,9 @@ class Monitor:
         self.interval = min(1.0, spec.timeout / 4)
         self.last = 0.0
         self.requests = 0
+        self.finished = itertools.count()  # next() is atomic: handler threads call finish()
+        self.done = 0
+        self.open_requests: Callable[[], int] = lambda: self.requests - self.done
         jitter = random.randint(0, spec.max_requests_jitter) if spec.max_requests else 0
         self.limit = spec.max_requests + jitter
 
@@ -161,7 +168,11 @@ class Monitor:
         now = time.monotonic()
         if now - self.last >= self.interval:
             self.last = now
-            channel.send(self.fd, "alive", requests=self.requests)
+            channel.send(self.fd, "alive", requests=self.requests, open=self.open_requests())
+
+    def finish(self) -> None:
+        """A request's connection was shut down (its handler is done)."""
+        self.done = next(self.finished) + 1
 
     def request(self) -> None:
         self.requests += 1

@@ -52,6 +52,7 @@ class Monitor(Protocol):
 
     def tick(self) -> None: ...  # the loop went round: it is making progress
     def request(self) -> None: ...  # a request was accepted
+    def finish(self) -> None: ...  # a request's handler is done and its connection shut down
 
 
 class Adoptable(socketserver.BaseServer):
@@ -99,6 +100,11 @@ class Adoptable(socketserver.BaseServer):
         super().service_actions()
         if self.monitor:
             self.monitor.tick()
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        if self.monitor:
+            self.monitor.finish()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         if self.monitor:
