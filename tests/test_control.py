@@ -155,7 +155,10 @@ class TestStatus:
             with socket.create_connection(daemon.address("web"), timeout=5) as client:
                 client.sendall(b"hi\n")
                 assert client.recv(10) == b"hi\n"
-        worker = lambda: ask_once(daemon, "status")["services"][0]["workers"][0]  # noqa: E731
+
+        def worker() -> dict[str, Any]:
+            return ask_once(daemon, "status")["services"][0]["workers"][0]  # type: ignore[no-any-return]
+
         wait_until(lambda: worker()["requests"] == 3 and worker()["connections"] == 0, what="0 open")
 
     def test_after_a_reload(self, sockherd: Launcher) -> None:
