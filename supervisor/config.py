@@ -7,6 +7,7 @@ file, the key path and the fix. Relative paths in the file are taken from the fi
 from __future__ import annotations
 
 import enum
+import math
 import os
 import re
 import tomllib
@@ -44,6 +45,10 @@ class Concurrency(enum.StrEnum):
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HANDLER = re.compile(r"[\w.]+:\w+")
+_NUL_IN_PATH = "a path cannot contain a NUL character"
+MAX_BACKLOG = 2**31 - 1  # what listen() takes; the kernel caps it at net.core.somaxconn anyway
+# Each datagram gets a buffer of max_packet_size bytes; no socket buffer holds a datagram this big.
+MAX_PACKET_SIZE = 2**24
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class ServiceConfig:
     socket_mode: int = 0o660
     max_packet_size: int = 8192
     access_log: bool = False
+    client_timeout: float = 0.0  # 0: a connection may wait on its client for ever
     timeout: float = 30.0
     max_requests: int = 0
     max_requests_jitter: int = 0
@@ -121,23 +127,25 @@ def _read_toml(path: Path, problems: Problems) -> dict[str, object]:
         problems.raise_now(f"cannot read the config: {exc.strerror} (check the -c path)")
     except tomllib.TOMLDecodeError as exc:
         problems.raise_now(f"invalid TOML: {exc}")
+    except UnicodeDecodeError as exc:  # tomllib decodes before it parses
+        byte = exc.object[exc.start]
+        problems.raise_now(f"invalid TOML: not UTF-8 text (byte 0x{byte:02x} at offset {exc.start})")
     raise AssertionError("unreachable")
 
 
 def _supervisor(table: Table, base: Path) -> SupervisorConfig:
-    runtime_dir = table.get("runtime_dir", str, None)
-    log_file = table.get("log_file", str, "")
-    graceful_timeout = table.get("graceful_timeout", float, 30.0)
-    if not graceful_timeout >= 0:  # also refuses nan
-        table.problem("graceful_timeout", f"must be 0 or more seconds, got {graceful_timeout}")
-    reload_timeout = table.get("reload_timeout", float, 60.0)
-    if not reload_timeout > 0:  # also refuses nan
-        table.problem("reload_timeout", f"must be more than 0 seconds, got {reload_timeout}")
+    runtime_dir = _path(table, "runtime_dir")
+    log_file = _path(table, "log_file")
+    graceful_timeout = _seconds(table, "graceful_timeout", 30.0, zero=True)
+    reload_timeout = _seconds(table, "reload_timeout", 60.0, zero=False)
     log_level = table.choice("log_level", LOG_LEVELS, "info")
     pythonpath = table.get("pythonpath", list, [])
     if not all(isinstance(p, str) for p in pythonpath):
         table.problem("pythonpath", 'expected a list of directory strings, e.g. ["src"]')
         pythonpath = []
+    elif any("\0" in p for p in pythonpath):
+        table.problem("pythonpath", _NUL_IN_PATH)
+        pythonpath = [p for p in pythonpath if "\0" not in p]
     identity = privileges.resolve(table)
     table.finish()
     runtime = base / runtime_dir if runtime_dir else default_runtime_dir()
@@ -205,13 +213,16 @@ def _service(table: Table, name: str, base: Path) -> tuple[ServiceConfig, bool]:
             'concurrency = "fork"',
             minimum=1,
         ),
-        backlog=table.only_if(stream, "backlog", int, 128, "stream protocols", minimum=1),
+        backlog=table.only_if(
+            stream, "backlog", int, 128, "stream protocols", minimum=1, maximum=MAX_BACKLOG
+        ),
         socket_mode=_socket_mode(table, protocol.is_unix or not known_protocol),
         max_packet_size=table.only_if(
-            datagram, "max_packet_size", int, 8192, "datagram protocols", minimum=1
+            datagram, "max_packet_size", int, 8192, "datagram protocols", minimum=1, maximum=MAX_PACKET_SIZE
         ),
         access_log=table.get("access_log", bool, False),
-        timeout=_timeout(table),
+        client_timeout=_client_timeout(table, stream),
+        timeout=_seconds(table, "timeout", 30.0, zero=False),
         max_requests=table.integer("max_requests", 0, minimum=0),
         max_requests_jitter=table.integer("max_requests_jitter", 0, minimum=0),
         max_rss=table.integer("max_rss", 0, minimum=0),
@@ -251,12 +262,31 @@ def _daemon_threads(table: Table, concurrency: Concurrency, known: bool) -> bool
     )
 
 
-def _timeout(table: Table) -> float:
-    value = table.get("timeout", float, 30.0)
-    if not value > 0:  # also refuses nan
-        table.problem("timeout", f"must be more than 0 seconds, got {value}")
-        return 30.0
+def _seconds(table: Table, key: str, default: float, *, zero: bool) -> float:
+    """A duration: finite, more than 0 (or 0 too, with `zero`); nan and inf are refused."""
+    value = table.get(key, float, default)
+    if not (value >= 0 if zero else value > 0):  # also refuses nan
+        table.problem(key, f"must be {'0 or more' if zero else 'more than 0'} seconds, got {value}")
+        return default
+    if not math.isfinite(value):  # a deadline of inf cannot be waited for, nor told to systemd
+        table.problem(key, f"must be a finite number of seconds, got {value}")
+        return default
     return value
+
+
+def _client_timeout(table: Table, stream: bool) -> float:
+    if not stream:
+        return table.only_if(False, "client_timeout", float, 0.0, "stream protocols")
+    return _seconds(table, "client_timeout", 0.0, zero=True)
+
+
+def _path(table: Table, key: str) -> str:
+    """A path string; "" when unset or refused (the OS cannot take a NUL inside a path)."""
+    text = table.get(key, str, "")
+    if "\0" in text:
+        table.problem(key, _NUL_IN_PATH)
+        return ""
+    return text
 
 
 def _socket_mode(table: Table, unix: bool) -> int:

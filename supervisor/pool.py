@@ -152,6 +152,7 @@ class Pool:
             max_children=service.max_children,
             max_packet_size=service.max_packet_size,
             access_log=service.access_log,
+            client_timeout=service.client_timeout,
             timeout=service.timeout,
             max_requests=service.max_requests,
             max_requests_jitter=service.max_requests_jitter,

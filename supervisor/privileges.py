@@ -49,7 +49,7 @@ def _account(table: Table, user: str) -> pwd.struct_passwd | None:
     """The user by name, else by uid (as chown(1) reads it)."""
     try:
         return pwd.getpwnam(user)
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a NUL in the name
         pass
     try:
         return pwd.getpwuid(int(user))
@@ -61,7 +61,7 @@ def _account(table: Table, user: str) -> pwd.struct_passwd | None:
 def _gid(table: Table, group: str) -> int | None:
     try:
         return grp.getgrnam(group).gr_gid
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a NUL in the name
         pass
     try:
         return grp.getgrgid(int(group)).gr_gid

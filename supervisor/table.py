@@ -105,15 +105,25 @@ class Table:
             return default
         return value
 
-    def integer(self, key: str, default: int, *, minimum: int) -> int:
+    def integer(self, key: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
         value = self.get(key, int, default)
         if value < minimum:
             self.problem(key, f"must be at least {minimum}, got {value}")
             return default
+        if maximum is not None and value > maximum:
+            self.problem(key, f"must be at most {maximum}, got {value}")
+            return default
         return value
 
     def only_if(
-        self, applies: bool, key: str, kind: type[T], default: T, what: str, minimum: int | None = None
+        self,
+        applies: bool,
+        key: str,
+        kind: type[T],
+        default: T,
+        what: str,
+        minimum: int | None = None,
+        maximum: int | None = None,
     ) -> T:
         """Read a key that means something only when `applies`; elsewhere it is a mistake."""
         if not applies:
@@ -122,7 +132,7 @@ class Table:
             self.known.add(key)
             return default
         if minimum is not None:
-            return self.integer(key, default, minimum=minimum)  # type: ignore[arg-type, return-value]
+            return self.integer(key, default, minimum=minimum, maximum=maximum)  # type: ignore[arg-type, return-value]
         return self.get(key, kind, default)
 
     def finish(self) -> None:

@@ -7,9 +7,11 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +35,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float = DEADLINE, what: st
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+def paced(interval: float, duration: float) -> Iterator[int]:
+    """Yield about every `interval` seconds for `duration` seconds (a load pattern, not a wait)."""
+    start = time.monotonic()
+    pace = threading.Event()  # never set: wait() is a sleep that cannot be mistaken for a sync
+    for tick in range(int(duration / interval)):
+        pace.wait(max(0.0, start + tick * interval - time.monotonic()))
+        yield tick
 
 
 def gone(pid: int) -> bool:
@@ -68,6 +79,21 @@ def in_flight(daemon: Daemon, marker: Path, seconds: float, service_name: str = 
         client.close()
         raise
     return client
+
+
+FLOOD = 64 * 1024 * 1024  # far more than loopback socket buffers hold, so the sender must block
+
+
+def reset_during_flood(address: tuple[str, int]) -> None:
+    """Ask a LifecycleStreamHandler for a flood of bytes, read a little, then close with an RST
+    (SO_LINGER 0): the handler's next send fails."""
+    with socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # no window autotuning
+        client.settimeout(DEADLINE)
+        client.connect(address)
+        client.sendall(b"flood %d\n" % FLOOD)
+        assert client.recv(1) == b"x"
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def _toml_value(value: Any) -> str:

@@ -43,6 +43,7 @@ def spec(user: str, listener: socket.socket, channel_fd: int, lifeline_fd: int) 
         max_children=40,
         max_packet_size=8192,
         access_log=False,
+        client_timeout=0.0,
         timeout=30.0,
         max_requests=0,
         max_requests_jitter=0,

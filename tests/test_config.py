@@ -6,6 +6,9 @@ on stderr: "FILE: key.path: what is wrong (the fix)". Never a traceback.
 
 from __future__ import annotations
 
+import math
+import os
+import pwd
 import socket
 import subprocess
 from pathlib import Path
@@ -422,6 +425,70 @@ class TestValues:
         assert lines[0].startswith(f"{path}: services.{name.strip(chr(34))}: ")
 
 
+class TestHostileValues:
+    """Values nobody writes on purpose (found by tests/faults) are problems for check, never a
+    traceback of check, nor one later in run."""
+
+    def test_file_that_is_not_utf8(self, tmp_path: Path) -> None:
+        """A config that is not UTF-8 text is invalid TOML, reported with the offending byte."""
+        path = tmp_path / "sockherd.toml"
+        text = render_config({"a": service("tcp")}, supervisor_table(tmp_path))
+        path.write_bytes(text.encode() + b"# \xff\n")
+        message = only_problem(check(path), path, "")
+        assert message.startswith("invalid TOML: not UTF-8") and "0xff" in message
+
+    @pytest.mark.parametrize("key", ["user", "group"])
+    def test_nul_in_user_or_group(self, tmp_path: Path, key: str) -> None:
+        """A user or group name with a NUL character is unknown, not a crash of the lookup."""
+        keys = {"user": pwd.getpwuid(os.getuid()).pw_name, key: "a\x00b"}
+        path = write_config(tmp_path, {"a": service("tcp")}, **keys)
+        assert only_problem(check(path), path, f"supervisor.{key}").startswith(f'unknown {key} "a\\x00b"')
+
+    @pytest.mark.parametrize("key", ["runtime_dir", "log_file", "pythonpath"])
+    def test_nul_in_a_path(self, tmp_path: Path, key: str) -> None:
+        """A path with a NUL character is refused by check (run would fail to create or open it)."""
+        value = [str(TESTS_DIR), "a\x00b"] if key == "pythonpath" else "a\x00b"
+        path = write_config(tmp_path, {"a": service("tcp")}, **{key: value})
+        assert only_problem(check(path), path, f"supervisor.{key}") == "a path cannot contain a NUL character"
+
+    @pytest.mark.parametrize("key", ["graceful_timeout", "reload_timeout", "timeout", "client_timeout"])
+    def test_infinite_seconds(self, tmp_path: Path, key: str) -> None:
+        """inf is not a number of seconds: a stop with graceful_timeout = inf crashed the master."""
+        if key in ("timeout", "client_timeout"):
+            keys: dict[str, Any] = {key: math.inf}
+            path, name = write_config(tmp_path, {"a": service("tcp", **keys)}), f"services.a.{key}"
+        else:
+            path, name = write_config(tmp_path, {"a": service("tcp")}, **{key: math.inf}), f"supervisor.{key}"
+        assert only_problem(check(path), path, name) == "must be a finite number of seconds, got inf"
+
+    @pytest.mark.parametrize(
+        ("protocol", "key", "maximum"), [("tcp", "backlog", 2**31 - 1), ("udp", "max_packet_size", 2**24)]
+    )
+    def test_counts_beyond_what_the_system_takes(
+        self, tmp_path: Path, protocol: str, key: str, maximum: int
+    ) -> None:
+        """A backlog listen() cannot take, or a datagram buffer no socket fills, is refused."""
+        path = write_config(tmp_path, {"a": service(protocol, "sync", **{key: maximum + 1})})
+        assert only_problem(check(path), path, f"services.a.{key}").startswith(f"must be at most {maximum}")
+        largest = write_config(tmp_path, {"a": service(protocol, "sync", **{key: maximum})})
+        assert check(largest).returncode == 0
+
+
+class TestClientTimeout:
+    """client_timeout: seconds a stream connection may keep its worker waiting; 0 (off) by default."""
+
+    def test_off_by_default(self, tmp_path: Path) -> None:
+        """Without the key a connection may wait on its client for ever, as with the stdlib."""
+        [loaded] = config.load(write_config(tmp_path, {"a": service("tcp")}), import_handlers=False).services
+        assert loaded.client_timeout == 0
+
+    @pytest.mark.parametrize(("value", "message"), [(-1, "must be 0 or more seconds, got -1.0")])
+    def test_negative(self, tmp_path: Path, value: float, message: str) -> None:
+        """A negative client_timeout is refused."""
+        path = write_config(tmp_path, {"a": service("unix-stream", listen="a.sock", client_timeout=value)})
+        assert only_problem(check(path), path, "services.a.client_timeout") == message
+
+
 class TestRequiredKeys:
     """protocol, listen and handler are required, and daemon_threads is required for threads."""
 
@@ -471,6 +538,8 @@ class TestKeysThatDoNotApply:
             ("udp", "sync", "socket_mode", "0600"),
             ("tcp", "thread", "max_packet_size", 1024),
             ("unix-stream", "fork", "max_packet_size", 1024),
+            ("udp", "thread", "client_timeout", 5.0),
+            ("unix-dgram", "sync", "client_timeout", 5.0),
         ],
     )
     def test_key_not_applicable(

@@ -9,7 +9,6 @@ import random
 import shutil
 import signal
 import socket
-import struct
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,12 @@ from tests.conftest import (
     gone,
     in_flight,
     read_to_end,
+    reset_during_flood,
     service,
     wait_until,
 )
 
 HANDLER = "handlers:LifecycleStreamHandler"
-FLOOD = 64 * 1024 * 1024  # far more than loopback socket buffers hold, so the sender must block
 
 
 def lifecycle(concurrency: str = "thread", **keys: Any) -> dict[str, Any]:
@@ -419,7 +418,7 @@ class TestHandlerErrors:
     def test_client_reset_is_logged_at_debug(self, sockherd: Launcher) -> None:
         """A client resetting while the handler writes gives one debug client_reset, no traceback."""
         daemon = sockherd.start({"svc": lifecycle("sync")})
-        _reset_during_flood(daemon)
+        reset_during_flood(daemon.address("svc"))
         event = daemon.wait_for("client_reset")
         assert event["level"] == "debug"
         assert "exception" not in event
@@ -429,7 +428,7 @@ class TestHandlerErrors:
     def test_client_reset_not_logged_at_info(self, sockherd: Launcher) -> None:
         """With log_level = "info" a client reset leaves no trace in the log."""
         daemon = sockherd.start({"svc": lifecycle("sync")}, log_level="info")
-        _reset_during_flood(daemon)
+        reset_during_flood(daemon.address("svc"))
         # A sync worker serves one connection at a time: this reply means the reset was handled.
         assert ask(daemon, b"hello\n") == b"hello\n"
         assert not daemon.events("client_reset")
@@ -437,17 +436,6 @@ class TestHandlerErrors:
         text = daemon.log_path.read_text()
         assert "Traceback" not in text
         assert "ConnectionResetError" not in text and "BrokenPipeError" not in text
-
-
-def _reset_during_flood(daemon: Daemon) -> None:
-    """Ask for a flood of bytes, read a little, then close with an RST (SO_LINGER 0)."""
-    with socket.socket() as client:
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # no window autotuning
-        client.settimeout(DEADLINE)
-        client.connect(daemon.address("svc"))
-        client.sendall(b"flood %d\n" % FLOOD)
-        assert client.recv(1) == b"x"
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 class TestOtherSignals:

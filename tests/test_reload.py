@@ -8,10 +8,7 @@ import os
 import shutil
 import signal
 import socket
-import struct
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +21,10 @@ from tests.conftest import (
     Daemon,
     Launcher,
     gone,
+    paced,
     read_to_end,
     render_config,
+    reset_during_flood,
     run_cli,
     service,
     wait_until,
@@ -34,7 +33,6 @@ from tests.load import Load, UnixHTTPConnection, http_get
 
 HELLO = "workers.examples.hello:HelloHandler"
 LIFECYCLE = "handlers:LifecycleStreamHandler"
-FLOOD = 64 * 1024 * 1024  # far more than loopback socket buffers hold, so the sender must block
 
 # Handler modules written into a temporary pythonpath directory. The config check imports them in
 # the probe (`python -m supervisor.probe`), where they behave; only workers see the trouble.
@@ -442,7 +440,7 @@ class TestSupervisorChanges:
         assert reload(daemon)["event"] == "reload_done"
         exited(daemon, generation(daemon, 1))
         [new] = generation(daemon, 2)
-        _reset_during_flood(daemon.address("svc"))
+        reset_during_flood(daemon.address("svc"))
         event = daemon.wait_for("client_reset")
         assert (event["pid"], event["generation"], event["level"]) == (new, 2, "debug")
 
@@ -802,15 +800,6 @@ def targets(daemon: Daemon) -> dict[str, Any]:
     }
 
 
-def paced(interval: float, duration: float) -> Iterator[int]:
-    """Yield about every `interval` seconds for `duration` seconds (a load pattern, not a wait)."""
-    start = time.monotonic()
-    pace = threading.Event()  # never set: wait() is a sleep that cannot be mistaken for a sync
-    for tick in range(int(duration / interval)):
-        pace.wait(max(0.0, start + tick * interval - time.monotonic()))
-        yield tick
-
-
 def settled(daemon: Daemon) -> bool:
     """No reload is running or queued: the last reload_started has its outcome, nothing queued since."""
     events = daemon.events()
@@ -912,15 +901,3 @@ class TestNoLeaks:
         assert not [c for c in master.children() if c.status() == psutil.STATUS_ZOMBIE]
         assert {c.pid for c in master.children()} == generation(daemon, 51)
         assert not list(short_dir.glob("x*.sock"))
-
-
-def _reset_during_flood(address: tuple[str, int]) -> None:
-    """Ask for a flood of bytes, read a little, then close with an RST (SO_LINGER 0)."""
-
-    with socket.socket() as client:
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        client.settimeout(DEADLINE)
-        client.connect(address)
-        client.sendall(b"flood %d\n" % FLOOD)
-        assert client.recv(1) == b"x"
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -50,6 +50,7 @@ class WorkerSpec:
     max_children: int
     max_packet_size: int
     access_log: bool
+    client_timeout: float  # seconds a connection may keep the worker waiting; 0: for ever
     timeout: float
     max_requests: int
     max_requests_jitter: int
@@ -121,6 +122,7 @@ def build_server(spec: WorkerSpec) -> Adoptable:
     server.max_children = spec.max_children  # type: ignore[attr-defined]
     server.max_packet_size = spec.max_packet_size  # type: ignore[attr-defined]
     server.access_log = spec.access_log
+    server.client_timeout = spec.client_timeout or None
     server.draining = False  # type: ignore[attr-defined]
     return server
 

@@ -8,10 +8,12 @@ Class diagram (each class is the stdlib class of the same name plus `Adoptable`)
     ForkingMixIn   + TCPServer  = ForkingTCPServer        (likewise; the Unix forms exist from 3.12
                                                             in the stdlib, and here on 3.11)
 
-They behave exactly like the stdlib servers, with four differences: `from_socket()` builds a
+They behave exactly like the stdlib servers, with five differences: `from_socket()` builds a
 server around an already bound socket; accepted TCP connections get TCP_NODELAY;
-`handle_error()` logs one structured event instead of printing a traceback; and with
-`access_log` set, each request is logged as an `access` event (workers.access). An optional
+`handle_error()` logs one structured event instead of printing a traceback; with
+`access_log` set, each request is logged as an `access` event (workers.access); with
+`client_timeout` set, an accepted connection gets that socket timeout; and running out of
+descriptors or memory in accept() pauses the loop instead of spinning (`get_request`). An optional
 `monitor` hears every turn of the serving loop (`service_actions`) and every accepted request
 (`verify_request`); the Forking classes go through `_ForkingMixIn` because the stdlib's
 `ForkingMixIn.service_actions` does not call `super()`.
@@ -19,9 +21,11 @@ server around an already bound socket; accepted TCP connections get TCP_NODELAY;
 
 from __future__ import annotations
 
+import errno
 import socket
 import socketserver
 import sys
+import time
 from typing import Any, Protocol, Self
 
 from workers import access
@@ -37,6 +41,10 @@ CLIENT_GONE = (
     TimeoutError,
 )
 _Socket = socket.socket  # the class body below has an attribute named `socket`
+# accept() failing for lack of a resource: the connection stays queued and the listener stays
+# readable, so retrying at once would spin the serving loop. Pause instead (as trio does).
+_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_PAUSE = 0.1  # seconds; short next to the heartbeat interval and the stop's poll interval
 
 
 class Monitor(Protocol):
@@ -54,9 +62,32 @@ class Adoptable(socketserver.BaseServer):
     monitor: Monitor | None = None
     access_log = False  # one `access` event per request, with its bytes counted
 
+    # Seconds each wait on a stream client (recv, or send to one that does not read) may take;
+    # then TimeoutError ends the request. None: wait for ever. A handler class's own `timeout`
+    # attribute (StreamRequestHandler's) still overrides it in the handler's setup().
+    client_timeout: float | None = None
+    accept_failures = 0  # accept() failures in a row for lack of a resource
+
     def get_request(self) -> Any:
-        request, client_address = super().get_request()
+        try:
+            request, client_address = super().get_request()
+        except OSError as exc:
+            if exc.errno in _CAPACITY_ERRNOS:
+                self._pause_accepting(exc)
+            raise  # the stdlib's loop drops it and goes round again
+        if self.accept_failures:
+            get_logger().info("accept_resumed", failures=self.accept_failures)
+            self.accept_failures = 0
+        if self.client_timeout and isinstance(request, _Socket):
+            request.settimeout(self.client_timeout)
         return (access.count(request) if self.access_log else request), client_address
+
+    def _pause_accepting(self, error: OSError) -> None:
+        """Log the first failure of an episode only, then sleep: the loop still ticks between."""
+        if not self.accept_failures:
+            get_logger().warning("accept_failed", error=str(error), retry_in=ACCEPT_PAUSE)
+        self.accept_failures += 1
+        time.sleep(ACCEPT_PAUSE)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         if not self.access_log:
@@ -97,7 +128,9 @@ class Adoptable(socketserver.BaseServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         error = sys.exc_info()[1]
         log = get_logger()
-        if isinstance(error, CLIENT_GONE):
+        if isinstance(error, TimeoutError):
+            log.debug("client_timeout", peer=_peer(client_address), client_timeout=self.client_timeout)
+        elif isinstance(error, CLIENT_GONE):
             log.debug("client_reset", peer=_peer(client_address), error=repr(error))
         else:
             log.error("handler_error", peer=_peer(client_address), exc_info=True)
