@@ -7,18 +7,16 @@ file, the key path and the fix. Relative paths in the file are taken from the fi
 from __future__ import annotations
 
 import enum
-import math
 import os
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor import addresses, privileges
+from supervisor import addresses, checks, privileges
 from supervisor.control import CONTROL_SOCKET
-from supervisor.probe import probe_handlers
-from supervisor.table import Problems, Table
-from workers.privileges import Identity, PrivilegeError
+from supervisor.table import NUL_IN_PATH, Problems, Table
+from workers.privileges import Identity
 
 
 class Protocol(enum.StrEnum):
@@ -45,7 +43,6 @@ class Concurrency(enum.StrEnum):
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HANDLER = re.compile(r"[\w.]+:\w+")
-_NUL_IN_PATH = "a path cannot contain a NUL character"
 MAX_BACKLOG = 2**31 - 1  # what listen() takes; the kernel caps it at net.core.somaxconn anyway
 # Each datagram gets a buffer of max_packet_size bytes; no socket buffer holds a datagram this big.
 MAX_PACKET_SIZE = 2**24
@@ -110,11 +107,11 @@ def load(path: Path, *, import_handlers: bool = True) -> Config:
     parsed = _services(root.table("services"), base)
     root.finish()
     services = [service for service, valid in parsed if valid]
-    _check_duplicates(services, problems)
+    checks.duplicate_addresses(services, problems)
     if import_handlers:
         # Every well-formed handler is probed, so one run reports every problem of the file.
         probed = [(service, valid) for service, valid in parsed if _HANDLER.fullmatch(service.handler)]
-        _check_handlers(probed, supervisor, problems)
+        checks.handlers(probed, supervisor, problems)
     problems.raise_if_any()
     return Config(path=path, supervisor=supervisor, services=tuple(services))
 
@@ -134,17 +131,17 @@ def _read_toml(path: Path, problems: Problems) -> dict[str, object]:
 
 
 def _supervisor(table: Table, base: Path) -> SupervisorConfig:
-    runtime_dir = _path(table, "runtime_dir")
-    log_file = _path(table, "log_file")
-    graceful_timeout = _seconds(table, "graceful_timeout", 30.0, zero=True)
-    reload_timeout = _seconds(table, "reload_timeout", 60.0, zero=False)
+    runtime_dir = table.path_string("runtime_dir")
+    log_file = table.path_string("log_file")
+    graceful_timeout = table.seconds("graceful_timeout", 30.0, zero=True)
+    reload_timeout = table.seconds("reload_timeout", 60.0, zero=False)
     log_level = table.choice("log_level", LOG_LEVELS, "info")
     pythonpath = table.get("pythonpath", list, [])
     if not all(isinstance(p, str) for p in pythonpath):
         table.problem("pythonpath", 'expected a list of directory strings, e.g. ["src"]')
         pythonpath = []
     elif any("\0" in p for p in pythonpath):
-        table.problem("pythonpath", _NUL_IN_PATH)
+        table.problem("pythonpath", NUL_IN_PATH)
         pythonpath = [p for p in pythonpath if "\0" not in p]
     identity = privileges.resolve(table)
     table.finish()
@@ -222,7 +219,7 @@ def _service(table: Table, name: str, base: Path) -> tuple[ServiceConfig, bool]:
         ),
         access_log=table.get("access_log", bool, False),
         client_timeout=_client_timeout(table, stream),
-        timeout=_seconds(table, "timeout", 30.0, zero=False),
+        timeout=table.seconds("timeout", 30.0, zero=False),
         max_requests=table.integer("max_requests", 0, minimum=0),
         max_requests_jitter=table.integer("max_requests_jitter", 0, minimum=0),
         max_rss=table.integer("max_rss", 0, minimum=0),
@@ -262,31 +259,10 @@ def _daemon_threads(table: Table, concurrency: Concurrency, known: bool) -> bool
     )
 
 
-def _seconds(table: Table, key: str, default: float, *, zero: bool) -> float:
-    """A duration: finite, more than 0 (or 0 too, with `zero`); nan and inf are refused."""
-    value = table.get(key, float, default)
-    if not (value >= 0 if zero else value > 0):  # also refuses nan
-        table.problem(key, f"must be {'0 or more' if zero else 'more than 0'} seconds, got {value}")
-        return default
-    if not math.isfinite(value):  # a deadline of inf cannot be waited for, nor told to systemd
-        table.problem(key, f"must be a finite number of seconds, got {value}")
-        return default
-    return value
-
-
 def _client_timeout(table: Table, stream: bool) -> float:
     if not stream:
         return table.only_if(False, "client_timeout", float, 0.0, "stream protocols")
-    return _seconds(table, "client_timeout", 0.0, zero=True)
-
-
-def _path(table: Table, key: str) -> str:
-    """A path string; "" when unset or refused (the OS cannot take a NUL inside a path)."""
-    text = table.get(key, str, "")
-    if "\0" in text:
-        table.problem(key, _NUL_IN_PATH)
-        return ""
-    return text
+    return table.seconds("client_timeout", 0.0, zero=True)
 
 
 def _socket_mode(table: Table, unix: bool) -> int:
@@ -295,44 +271,3 @@ def _socket_mode(table: Table, unix: bool) -> int:
         table.problem("socket_mode", f'expected an octal mode string such as "0660", got "{text}"')
         return 0o660
     return int(text, 8)
-
-
-def _check_duplicates(services: list[ServiceConfig], problems: Problems) -> None:
-    seen: dict[tuple[bool, addresses.Address], str] = {}
-    for service in services:
-        address = service.listen
-        if isinstance(address, addresses.InetAddress) and address.port == 0:
-            continue  # every port-0 listener gets its own ephemeral port
-        key = (service.protocol.is_stream, address)
-        if key in seen:
-            problems.add(
-                f"services.{service.name}.listen",
-                f"{address} is already used by services.{seen[key]} (give each service its own address)",
-            )
-        seen.setdefault(key, service.name)
-
-
-def _check_handlers(
-    services: list[tuple[ServiceConfig, bool]], supervisor: SupervisorConfig, problems: Problems
-) -> None:
-    """Import each handler in a probe process, as the workers' user; check its family only where
-    the protocol is valid."""
-    handlers = (s.handler for s, _ in services)
-    try:
-        verdicts = probe_handlers(handlers, supervisor.pythonpath, supervisor.identity)
-    except PrivilegeError as exc:
-        problems.add("supervisor.user", str(exc))
-        return
-    for service, valid in services:
-        verdict = verdicts[service.handler]
-        key = f"services.{service.name}.handler"
-        if verdict["error"]:
-            problems.add(key, f"{verdict['error']} (check the module path and [supervisor] pythonpath)")
-        elif valid and verdict["kind"] == "stream" and not service.protocol.is_stream:
-            problems.add(key, _wrong_family("StreamRequestHandler", service, "DatagramRequestHandler"))
-        elif valid and verdict["kind"] == "datagram" and service.protocol.is_stream:
-            problems.add(key, _wrong_family("DatagramRequestHandler", service, "StreamRequestHandler"))
-
-
-def _wrong_family(kind: str, service: ServiceConfig, instead: str) -> str:
-    return f'a {kind} cannot serve protocol = "{service.protocol}" (use a {instead} or BaseRequestHandler)'

@@ -6,12 +6,14 @@ Each problem becomes one line: "FILE: KEY.PATH: what is wrong (and the fix)".
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Sequence
 from typing import Any, NoReturn, TypeVar
 
 from supervisor.errors import ConfigError
 
 T = TypeVar("T")
+NUL_IN_PATH = "a path cannot contain a NUL character"
 
 _TYPE_NAMES = {
     bool: "true or false",
@@ -134,6 +136,25 @@ class Table:
         if minimum is not None:
             return self.integer(key, default, minimum=minimum, maximum=maximum)  # type: ignore[arg-type, return-value]
         return self.get(key, kind, default)
+
+    def seconds(self, key: str, default: float, *, zero: bool) -> float:
+        """A duration: finite, more than 0 (or 0 too, with `zero`); nan and inf are refused."""
+        value = self.get(key, float, default)
+        if not (value >= 0 if zero else value > 0):  # also refuses nan
+            self.problem(key, f"must be {'0 or more' if zero else 'more than 0'} seconds, got {value}")
+            return default
+        if not math.isfinite(value):  # a deadline of inf cannot be waited for, nor told to systemd
+            self.problem(key, f"must be a finite number of seconds, got {value}")
+            return default
+        return value
+
+    def path_string(self, key: str) -> str:
+        """A path string; "" when unset or refused (the OS cannot take a NUL inside a path)."""
+        text = self.get(key, str, "")
+        if "\0" in text:
+            self.problem(key, NUL_IN_PATH)
+            return ""
+        return text
 
     def finish(self) -> None:
         """Report every key that nothing read, suggesting the closest known one."""
