@@ -24,7 +24,7 @@ def access_daemon(
 class TestAccessEvents:
     """Every request of a service with access_log = true is one access event."""
 
-    @pytest.mark.parametrize("concurrency", ["sync", "thread", "fork"])
+    @pytest.mark.parametrize("concurrency", ["sync", "thread", "pool", "fork"])
     @pytest.mark.parametrize("protocol", PROTOCOLS)
     def test_one_event_per_request_with_bytes(
         self, sockherd: Launcher, short_dir: Path, protocol: str, concurrency: str
