@@ -36,6 +36,7 @@ class Protocol(enum.StrEnum):
 
 class Concurrency(enum.StrEnum):
     THREAD = "thread"
+    POOL = "pool"
     FORK = "fork"
     SYNC = "sync"
 
@@ -59,6 +60,7 @@ class ServiceConfig:
     daemon_threads: bool = False
     block_on_close: bool = True
     max_children: int = 40
+    threads: int = 16
     backlog: int = 128
     socket_mode: int = 0o660
     max_packet_size: int = 8192
@@ -200,7 +202,7 @@ def _service(table: Table, name: str, base: Path) -> tuple[ServiceConfig, bool]:
             "block_on_close",
             bool,
             True,
-            'concurrency = "thread" or "fork"',
+            'concurrency = "thread", "pool" or "fork"',
         ),
         max_children=table.only_if(
             concurrency == Concurrency.FORK or not known_concurrency,
@@ -208,6 +210,14 @@ def _service(table: Table, name: str, base: Path) -> tuple[ServiceConfig, bool]:
             int,
             40,
             'concurrency = "fork"',
+            minimum=1,
+        ),
+        threads=table.only_if(
+            concurrency == Concurrency.POOL or not known_concurrency,
+            "threads",
+            int,
+            16,
+            'concurrency = "pool"',
             minimum=1,
         ),
         backlog=table.only_if(
@@ -247,15 +257,15 @@ def _listen(table: Table, protocol: Protocol | None, base: Path) -> addresses.Ad
 def _daemon_threads(table: Table, concurrency: Concurrency, known: bool) -> bool:
     if not known:
         return table.get("daemon_threads", bool, False)
-    if concurrency != Concurrency.THREAD:
-        return table.only_if(False, "daemon_threads", bool, False, 'concurrency = "thread"')
+    if concurrency not in (Concurrency.THREAD, Concurrency.POOL):
+        return table.only_if(False, "daemon_threads", bool, False, 'concurrency = "thread" or "pool"')
     return table.get(
         "daemon_threads",
         bool,
         False,
         required=True,
-        fix='required for concurrency = "thread": set false to let in-flight requests finish at '
-        "stop, or true to drop them at once",
+        fix=f'required for concurrency = "{concurrency}": set false to let in-flight requests finish '
+        "at stop, or true to drop them at once",
     )
 
 

@@ -150,6 +150,7 @@ class Pool:
             daemon_threads=service.daemon_threads,
             block_on_close=service.block_on_close,
             max_children=service.max_children,
+            threads=service.threads,
             max_packet_size=service.max_packet_size,
             access_log=service.access_log,
             client_timeout=service.client_timeout,

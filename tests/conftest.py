@@ -125,7 +125,7 @@ def service(protocol: str = "tcp", concurrency: str = "thread", **keys: Any) -> 
     }
     if protocol in ("tcp", "udp"):
         table["listen"] = "127.0.0.1:0"
-    if concurrency == "thread":
+    if concurrency in ("thread", "pool"):
         table["daemon_threads"] = False
     table.update(keys)
     return table

@@ -41,6 +41,7 @@ def spec(user: str, listener: socket.socket, channel_fd: int, lifeline_fd: int) 
         daemon_threads=False,
         block_on_close=True,
         max_children=40,
+        threads=16,
         max_packet_size=8192,
         access_log=False,
         client_timeout=0.0,

@@ -128,10 +128,10 @@ class TestValidConfigs:
         assert result.stdout == f"{path}: ok (1 services)\n"
 
     def test_every_protocol_and_concurrency_passes(self, tmp_path: Path) -> None:
-        """All four protocols under all three concurrency models, with their own keys, are valid."""
+        """All four protocols under all four concurrency models, with their own keys, are valid."""
         services = {}
         for protocol in ("tcp", "udp", "unix-stream", "unix-dgram"):
-            for concurrency in ("thread", "fork", "sync"):
+            for concurrency in ("thread", "pool", "fork", "sync"):
                 table = service(protocol, concurrency, workers=2)
                 if protocol.startswith("unix"):
                     table.update(listen=f"{protocol}-{concurrency}.sock", socket_mode="0600")
@@ -140,13 +140,15 @@ class TestValidConfigs:
                 )
                 if concurrency == "fork":
                     table.update(max_children=4)
+                if concurrency == "pool":
+                    table.update(threads=4)
                 if concurrency != "sync":
                     table.update(block_on_close=False)
                 services[f"{protocol}-{concurrency}"] = table
         path = write_config(tmp_path, services, log_level="warning")
         result = check(path)
         assert_ok(result, path)
-        assert "(12 services)" in result.stdout
+        assert "(16 services)" in result.stdout
 
     @pytest.mark.parametrize("listen", ["[::1]:0", "localhost:0", "0.0.0.0:8080", "[::]:8080"])
     def test_other_inet_address_forms_pass(self, tmp_path: Path, listen: str) -> None:
@@ -354,11 +356,14 @@ class TestValues:
         path = write_config(tmp_path, {"a": service("tcp", workers=workers)})
         assert only_problem(check(path), path, "services.a.workers") == f"must be at least 1, got {workers}"
 
-    @pytest.mark.parametrize(("key", "value"), [("backlog", 0), ("max_packet_size", 0), ("max_children", 0)])
+    @pytest.mark.parametrize(
+        ("key", "value"), [("backlog", 0), ("max_packet_size", 0), ("max_children", 0), ("threads", 0)]
+    )
     def test_other_counts_below_one(self, tmp_path: Path, key: str, value: int) -> None:
-        """backlog, max_packet_size and max_children must be at least 1 where they apply."""
+        """backlog, max_packet_size, max_children and threads must be at least 1 where they apply."""
         protocol = "udp" if key == "max_packet_size" else "tcp"
-        path = write_config(tmp_path, {"a": service(protocol, "fork", **{key: value})})
+        concurrency = "pool" if key == "threads" else "fork"
+        path = write_config(tmp_path, {"a": service(protocol, concurrency, **{key: value})})
         assert only_problem(check(path), path, f"services.a.{key}").startswith("must be at least 1")
 
     def test_bad_concurrency_alone_is_one_line(self, tmp_path: Path) -> None:
@@ -381,10 +386,10 @@ class TestValues:
         assert message == 'must be one of "tcp", "udp", "unix-stream", "unix-dgram", got "sctp"'
 
     def test_bad_concurrency(self, tmp_path: Path) -> None:
-        """An unknown concurrency lists the three valid ones."""
+        """An unknown concurrency lists the four valid ones."""
         path = write_config(tmp_path, {"a": {**service("tcp"), "concurrency": "async"}})
         message = only_problem(check(path), path, "services.a.concurrency")
-        assert message == 'must be one of "thread", "fork", "sync", got "async"'
+        assert message == 'must be one of "thread", "pool", "fork", "sync", got "async"'
 
     def test_bad_log_level(self, tmp_path: Path) -> None:
         """An unknown log_level lists the valid ones."""
@@ -508,6 +513,14 @@ class TestRequiredKeys:
         message = only_problem(check(path), path, "services.echo.daemon_threads")
         assert message.startswith('required for concurrency = "thread"')
 
+    def test_missing_daemon_threads_for_pool_concurrency(self, tmp_path: Path) -> None:
+        """A pool service, like a thread service, must say what happens to in-flight requests."""
+        table = service("tcp", "pool")
+        del table["daemon_threads"]
+        path = write_config(tmp_path, {"echo": table})
+        message = only_problem(check(path), path, "services.echo.daemon_threads")
+        assert message.startswith('required for concurrency = "pool"')
+
     def test_concurrency_defaults_to_thread_and_then_requires_daemon_threads(self, tmp_path: Path) -> None:
         """Without a concurrency key the service is threaded, so daemon_threads is required."""
         table = service("tcp", "sync")
@@ -530,6 +543,9 @@ class TestKeysThatDoNotApply:
             ("tcp", "fork", "daemon_threads", True),
             ("tcp", "sync", "daemon_threads", False),
             ("tcp", "thread", "max_children", 10),
+            ("tcp", "thread", "threads", 4),
+            ("udp", "fork", "threads", 4),
+            ("tcp", "pool", "max_children", 10),
             ("udp", "sync", "max_children", 10),
             ("udp", "sync", "block_on_close", True),
             ("udp", "sync", "backlog", 64),
@@ -871,6 +887,7 @@ SERVICE_KEYS = [
     "daemon_threads",
     "block_on_close",
     "max_children",
+    "threads",
     "backlog",
     "socket_mode",
     "max_packet_size",
@@ -883,6 +900,7 @@ LIKELY_STRINGS = [
     "unix-stream",
     "unix-dgram",
     "thread",
+    "pool",
     "fork",
     "sync",
     "info",
@@ -925,7 +943,7 @@ values = st.one_of(scalars, st.lists(scalars, max_size=3))
 def service_tables(draw: st.DrawFn) -> dict[str, Any]:
     """A valid service table with some keys dropped and some known or unknown keys set at random."""
     protocol = draw(st.sampled_from(["tcp", "udp", "unix-stream", "unix-dgram"]))
-    table = service(protocol, draw(st.sampled_from(["thread", "fork", "sync"])))
+    table = service(protocol, draw(st.sampled_from(["thread", "pool", "fork", "sync"])))
     if protocol.startswith("unix"):
         table["listen"] = "s.sock"
     for key in draw(st.lists(st.sampled_from(sorted(table)), unique=True, max_size=2)):

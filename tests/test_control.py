@@ -147,7 +147,7 @@ class TestStatus:
             for client in clients:
                 client.close()
 
-    @pytest.mark.parametrize("concurrency", ["sync", "thread", "fork"])
+    @pytest.mark.parametrize("concurrency", ["sync", "thread", "pool", "fork"])
     def test_connections_drop_when_clients_leave(self, sockherd: Launcher, concurrency: str) -> None:
         """A connection closed by its client is no longer counted, whatever the concurrency."""
         daemon = sockherd.start({"web": service(concurrency=concurrency)})

@@ -219,7 +219,7 @@ class TestBackoff:
 class TestGracefulStop:
     """SIGTERM and SIGINT let in-flight requests finish, then the whole tree exits with status 0."""
 
-    @pytest.mark.parametrize("concurrency", ["thread", "fork", "sync"])
+    @pytest.mark.parametrize("concurrency", ["thread", "pool", "fork", "sync"])
     def test_in_flight_request_finishes(self, sockherd: Launcher, tmp_path: Path, concurrency: str) -> None:
         """A request in flight at SIGTERM gets its reply; then master exits 0 and nothing remains."""
         daemon = sockherd.start({"svc": lifecycle(concurrency)})
@@ -234,7 +234,7 @@ class TestGracefulStop:
         assert not daemon.events("graceful_timeout_expired")
         all_gone(pids)
 
-    @pytest.mark.parametrize("concurrency", ["thread", "fork", "sync"])
+    @pytest.mark.parametrize("concurrency", ["thread", "pool", "fork", "sync"])
     def test_in_flight_datagram_gets_its_reply(
         self, sockherd: Launcher, tmp_path: Path, concurrency: str
     ) -> None:

@@ -25,15 +25,19 @@ from workers.servers import Adoptable
 CLASSES: dict[type[Adoptable], str] = {
     workers.TCPServer: "tcp",
     workers.ThreadingTCPServer: "tcp",
+    workers.PoolTCPServer: "tcp",
     workers.ForkingTCPServer: "tcp",
     workers.UDPServer: "udp",
     workers.ThreadingUDPServer: "udp",
+    workers.PoolUDPServer: "udp",
     workers.ForkingUDPServer: "udp",
     workers.UnixStreamServer: "unix-stream",
     workers.ThreadingUnixStreamServer: "unix-stream",
+    workers.PoolUnixStreamServer: "unix-stream",
     workers.ForkingUnixStreamServer: "unix-stream",
     workers.UnixDatagramServer: "unix-dgram",
     workers.ThreadingUnixDatagramServer: "unix-dgram",
+    workers.PoolUnixDatagramServer: "unix-dgram",
     workers.ForkingUnixDatagramServer: "unix-dgram",
 }
 ALL = pytest.mark.parametrize("cls", list(CLASSES), ids=lambda c: c.__name__)

@@ -8,6 +8,10 @@ from workers.servers import (
     ForkingUDPServer,
     ForkingUnixDatagramServer,
     ForkingUnixStreamServer,
+    PoolTCPServer,
+    PoolUDPServer,
+    PoolUnixDatagramServer,
+    PoolUnixStreamServer,
     TCPServer,
     ThreadingTCPServer,
     ThreadingUDPServer,
@@ -17,12 +21,18 @@ from workers.servers import (
     UnixDatagramServer,
     UnixStreamServer,
 )
+from workers.threadpool import PoolMixIn
 
 __all__ = [
     "ForkingTCPServer",
     "ForkingUDPServer",
     "ForkingUnixDatagramServer",
     "ForkingUnixStreamServer",
+    "PoolMixIn",
+    "PoolTCPServer",
+    "PoolUDPServer",
+    "PoolUnixDatagramServer",
+    "PoolUnixStreamServer",
     "TCPServer",
     "ThreadingTCPServer",
     "ThreadingUDPServer",

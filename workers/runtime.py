@@ -48,6 +48,7 @@ class WorkerSpec:
     daemon_threads: bool
     block_on_close: bool
     max_children: int
+    threads: int
     max_packet_size: int
     access_log: bool
     client_timeout: float  # seconds a connection may keep the worker waiting; 0: for ever
@@ -120,6 +121,7 @@ def build_server(spec: WorkerSpec) -> Adoptable:
     server.daemon_threads = spec.daemon_threads  # type: ignore[attr-defined]
     server.block_on_close = spec.block_on_close  # type: ignore[attr-defined]
     server.max_children = spec.max_children  # type: ignore[attr-defined]
+    server.threads = spec.threads  # type: ignore[attr-defined]
     server.max_packet_size = spec.max_packet_size  # type: ignore[attr-defined]
     server.access_log = spec.access_log
     server.client_timeout = spec.client_timeout or None

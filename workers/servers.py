@@ -5,6 +5,7 @@ Class diagram (each class is the stdlib class of the same name plus `Adoptable`)
     Adoptable -----+--> TCPServer ----------+--> UDPServer
                    |        |               +--> UnixStreamServer --> UnixDatagramServer (stdlib shape)
     ThreadingMixIn + TCPServer  = ThreadingTCPServer      (likewise UDP, UnixStream, UnixDatagram)
+    PoolMixIn      + TCPServer  = PoolTCPServer           (likewise; a bounded pool of reused threads)
     ForkingMixIn   + TCPServer  = ForkingTCPServer        (likewise; the Unix forms exist from 3.12
                                                             in the stdlib, and here on 3.11)
 
@@ -30,6 +31,7 @@ from typing import Any, Protocol, Self
 
 from workers import access
 from workers.logs import get_logger
+from workers.threadpool import PoolMixIn
 
 # Errors that mean "the client went away": expected under load, logged without a traceback.
 # ConnectionRefusedError is a Unix datagram client that closed before its reply was sent.
@@ -180,6 +182,22 @@ class ThreadingUnixDatagramServer(socketserver.ThreadingMixIn, UnixDatagramServe
     pass
 
 
+class PoolTCPServer(PoolMixIn, TCPServer):
+    pass
+
+
+class PoolUDPServer(PoolMixIn, UDPServer):
+    pass
+
+
+class PoolUnixStreamServer(PoolMixIn, UnixStreamServer):
+    pass
+
+
+class PoolUnixDatagramServer(PoolMixIn, UnixDatagramServer):
+    pass
+
+
 class _ForkingMixIn(socketserver.ForkingMixIn):
     def service_actions(self) -> None:
         super().service_actions()
@@ -213,6 +231,10 @@ SERVERS: dict[tuple[str, str], type[Adoptable]] = {
     ("udp", "thread"): ThreadingUDPServer,
     ("unix-stream", "thread"): ThreadingUnixStreamServer,
     ("unix-dgram", "thread"): ThreadingUnixDatagramServer,
+    ("tcp", "pool"): PoolTCPServer,
+    ("udp", "pool"): PoolUDPServer,
+    ("unix-stream", "pool"): PoolUnixStreamServer,
+    ("unix-dgram", "pool"): PoolUnixDatagramServer,
     ("tcp", "fork"): ForkingTCPServer,
     ("udp", "fork"): ForkingUDPServer,
     ("unix-stream", "fork"): ForkingUnixStreamServer,
