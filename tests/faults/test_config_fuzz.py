@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor import cli, config, probe
+from supervisor import checks, cli, config, probe
 from tests.conftest import TESTS_DIR, render_config, service
 
 pytestmark = pytest.mark.faults
@@ -179,7 +179,7 @@ def table_probe(handlers: Any, pythonpath: Any, identity: Any = None) -> dict[st
 @pytest.fixture(scope="module")
 def no_probe_process() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(config, "probe_handlers", table_probe)
+        patch.setattr(checks, "probe_handlers", table_probe)
         yield
 
 
