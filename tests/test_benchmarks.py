@@ -52,7 +52,7 @@ def results(**changes: Any) -> Results:
     }
     figures: dict[str, Any] = {
         "http": http,
-        "memory": {"after load": {"sockherd": 30 * 2**20, "gunicorn sync": 40 * 2**20}},
+        "memory": {"after load": {"sockherd": [10 * 2**20, 20 * 2**20], "gunicorn sync": [40 * 2**20]}},
         "sighup": {"sockherd": {"steady": result(30000), "sighup": result(29000)}},
         "fairness": [result(30000, workers={"1": 55, "2": 45})],
         "echo": {"sockherd": [result(40000)], "ThreadingTCPServer": [result(20000)]},

@@ -76,15 +76,16 @@ class Server:
         self.pids.update(p.pid for p in tree)
         return tree
 
-    def uss(self) -> int:
-        """Unique set size summed over the tree, in bytes: what stopping it would give back."""
-        total = 0
+    def uss(self) -> list[int]:
+        """Unique set size of each process of the tree (the master first), in bytes: what
+        stopping it would give back."""
+        sizes = []
         for process in self.tree():
             try:
-                total += process.memory_full_info().uss
+                sizes.append(process.memory_full_info().uss)
             except psutil.NoSuchProcess:
                 pass  # a request child or a draining worker that just exited holds nothing
-        return total
+        return sizes
 
     def answers(self) -> bool:
         """One request gets the expected answer now."""
@@ -219,12 +220,19 @@ def stdlib(kind: str) -> Contender:
     )
 
 
-def gunicorn(worker_class: str, workers: int) -> Contender:
+def gunicorn(workdir: Path, worker_class: str, workers: int) -> Contender:
     """gunicorn -w WORKERS -k WORKER_CLASS serving tests/benchmarks/wsgi.py."""
     threads = ["--threads", str(GUNICORN_THREADS)] if worker_class == "gthread" else []
 
     def command(port: int) -> list[str]:
-        options = ["--workers", str(workers), "--worker-class", worker_class, *threads, *_no_control_socket()]
+        options = [
+            "--workers",
+            str(workers),
+            "--worker-class",
+            worker_class,
+            *threads,
+            *_control_socket(workdir / f"gunicorn-{port}.ctl"),
+        ]
         return [
             sys.executable,
             "-m",
@@ -238,8 +246,9 @@ def gunicorn(worker_class: str, workers: int) -> Contender:
     return Contender(f"gunicorn {worker_class}", "http", 1 + workers, command)
 
 
-def _no_control_socket() -> list[str]:
-    """gunicorn 25.1+ opens a control socket at one fixed path in $HOME: two gunicorns side by
-    side would fight over it, and sockherd's own control socket is not what is measured either."""
+def _control_socket(path: Path) -> list[str]:
+    """gunicorn 25.1+ opens a control socket, by default at one path in $HOME: two gunicorns side
+    by side would fight over it. Each gets its own path, so each runs as configured by default
+    (sockherd's own control socket is on too)."""
     major, minor = (int(part) for part in importlib.metadata.version("gunicorn").split(".")[:2])
-    return ["--no-control-socket"] if (major, minor) >= (25, 1) else []
+    return ["--control-socket", str(path)] if (major, minor) >= (25, 1) else []

@@ -67,8 +67,8 @@ def rounds(
     return results
 
 
-def memory(servers: list[Server]) -> dict[str, int]:
-    """USS of each server's whole tree, in bytes."""
+def memory(servers: list[Server]) -> dict[str, list[int]]:
+    """USS of each process of each server's tree, in bytes."""
     return {server.name: server.uss() for server in servers}
 
 

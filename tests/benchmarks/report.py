@@ -70,9 +70,26 @@ def _machine(results: Results) -> str:
         f"(SIGHUP: one run of {s.sighup_seconds} s without, one with); "
         "wrk uses 2 threads (1 for one connection) on the same cores as the servers",
     ]
+    if spreads := _spreads(results):
+        lines.append(
+            f"noise: the repeats of one figure differed by up to {max(spreads):.0%} of their median "
+            f"(typically {median(spreads):.0%})"
+        )
     if machine.busy(m["load_before"]) or machine.busy(m.get("load_after") or [0.0]):
         lines.append(f"WARNING: load average above {machine.BUSY_LOAD}: other processes shared the cores")
     return "\n".join(f"- {line}" for line in lines)
+
+
+def _spreads(results: Results) -> list[float]:
+    """(max - min) / median of each repeated throughput figure."""
+    figures = [runs for by_server in results.http.values() for runs in by_server.values()]
+    figures += [*results.echo.values(), results.fairness]
+    spreads = []
+    for runs in figures:
+        rates = [r.rate for r in runs]
+        if len(rates) > 1 and median(rates):
+            spreads.append((max(rates) - min(rates)) / median(rates))
+    return spreads
 
 
 def _loads(loads: list[float] | None) -> str:
@@ -91,10 +108,13 @@ def _http(results: Results) -> str:
             rows.append(["keep-alive, 1 connection: p50 latency", *(_num(x, " ms", 3) for x in p50), NA, NA])
     rows += [_errors(results, servers, keep_alive=True), _errors(results, servers, keep_alive=False)]
     for moment, uss in results.memory.items():
-        mib = {n: uss.get(n, math.nan) / 2**20 for n in servers}
+        mib = {n: _tree_uss(uss, n) / 2**20 for n in servers}
         rows.append(
             [f"USS of the tree {moment}, MiB", *(_num(mib[n], "", 1) for n in servers), *_ratios(mib)]
         )
+    if each := results.memory.get("after load"):
+        parts = [" + ".join(f"{b / 2**20:.1f}" for b in each.get(n, [])) or NA for n in servers]
+        rows.append(["the same, per process (master first)", *parts, NA, NA])
     return _table(header, rows) + "\n\n" + CLOSE_NOTE
 
 
@@ -103,6 +123,10 @@ def _errors(results: Results, servers: list[str], keep_alive: bool) -> list[str]
     counts = [sum(r.errors for key in keys for r in results.http.get(key, {}).get(n, [])) for n in servers]
     label = "errors, keep-alive runs" if keep_alive else "errors, connection per request (see below)"
     return [label, *(str(count) for count in counts), NA, NA]
+
+
+def _tree_uss(memory: Mapping[str, list[int]], name: str) -> float:
+    return float(sum(memory[name])) if name in memory else math.nan
 
 
 def _ratios(values: dict[str, float]) -> list[str]:
@@ -185,7 +209,8 @@ def judge(results: Results) -> list[Verdict]:
     ka16, close16 = http.get("ka16", {}), http.get("close16", {})
     echo = {name: _rate(runs) for name, runs in results.echo.items()}
     p50 = median([r.p50_ms for r in results.http.get("ka1", {}).get("sockherd", [])])
-    uss = results.memory.get("after load", {})
+    after = results.memory.get("after load", {})
+    uss = {name: _tree_uss(after, name) for name in after}
     start = {name: median(times) for name, times in results.startup.items()}
     return [
         _at_least(

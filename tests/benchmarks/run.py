@@ -43,7 +43,7 @@ class Results:
     machine: dict[str, Any]
     settings: Settings
     http: dict[str, dict[str, list[wrk.Result]]] = field(default_factory=dict)  # load key -> server -> runs
-    memory: dict[str, dict[str, int]] = field(default_factory=dict)  # moment -> server -> USS bytes
+    memory: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # moment -> server -> USS each
     sighup: dict[str, dict[str, wrk.Result]] = field(default_factory=dict)  # server -> steady/sighup
     fairness: list[wrk.Result] = field(default_factory=list)
     echo: dict[str, list[wrk.Result]] = field(default_factory=dict)  # server -> runs
@@ -65,15 +65,15 @@ def _sockherd(settings: Settings, workdir: Path, handler: str) -> Contender:
     return contenders.sockherd(workdir, handler, settings.workers, settings.service_keys)
 
 
-def _gunicorn(settings: Settings, *worker_classes: str) -> list[Contender]:
+def _gunicorn(settings: Settings, workdir: Path, *worker_classes: str) -> list[Contender]:
     if not settings.gunicorn:
         return []
-    return [contenders.gunicorn(worker_class, settings.workers) for worker_class in worker_classes]
+    return [contenders.gunicorn(workdir, worker_class, settings.workers) for worker_class in worker_classes]
 
 
 def _startup(results: Results, workdir: Path, scripts: dict[str, Path]) -> None:
     settings = results.settings
-    racers = [_sockherd(settings, workdir, HELLO), *_gunicorn(settings, "sync")]
+    racers = [_sockherd(settings, workdir, HELLO), *_gunicorn(settings, workdir, "sync")]
     with contenders.fleet(workdir) as fleet:
         results.startup = measure.startup(fleet, racers, settings.startups)
 
@@ -83,7 +83,7 @@ def _http(results: Results, workdir: Path, scripts: dict[str, Path]) -> None:
     field_ = [
         _sockherd(settings, workdir, HELLO),
         contenders.stdlib("http"),
-        *_gunicorn(settings, "sync", "gthread"),
+        *_gunicorn(settings, workdir, "sync", "gthread"),
     ]
     with contenders.fleet(workdir) as fleet:
         servers = [fleet.start(contender) for contender in field_]
