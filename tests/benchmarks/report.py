@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tests.benchmarks import machine, wrk
+from tests.benchmarks.contenders import GUNICORN_THREADS
 from tests.benchmarks.measure import ECHO_LOAD, HTTP_LOADS, busiest_share, median
 from tests.benchmarks.run import Results
 
@@ -65,7 +66,8 @@ def _machine(results: Results) -> str:
         f"{m['os']}, kernel {m['kernel']}, {m['python']}",
         f"sockherd {m['sockherd']}, gunicorn {m['gunicorn']}, {m['wrk']}",
         f"load average before: {_loads(m['load_before'])}; after: {_loads(m.get('load_after'))}",
-        f"sockherd: {s.workers} workers, {keys}; gunicorn: -w{s.workers}, gthread with 4 threads per worker",
+        f"sockherd: {s.workers} workers, {keys}",
+        f"gunicorn: -w{s.workers}, gthread with {GUNICORN_THREADS} threads per worker",
         f"each figure: the median of {s.repeats} wrk run(s) of {s.seconds} s "
         f"(SIGHUP: one run of {s.sighup_seconds} s without, one with); "
         "wrk uses 2 threads (1 for one connection) on the same cores as the servers",
@@ -107,6 +109,11 @@ def _http(results: Results) -> str:
             p50 = [median([r.p50_ms for r in results.http["ka1"].get(n, [])]) for n in servers]
             rows.append(["keep-alive, 1 connection: p50 latency", *(_num(x, " ms", 3) for x in p50), NA, NA])
     rows += [_errors(results, servers, keep_alive=True), _errors(results, servers, keep_alive=False)]
+    return _table(header, rows + _memory(results, servers)) + "\n\n" + CLOSE_NOTE
+
+
+def _memory(results: Results, servers: list[str]) -> list[list[str]]:
+    rows = []
     for moment, uss in results.memory.items():
         mib = {n: _tree_uss(uss, n) / 2**20 for n in servers}
         rows.append(
@@ -115,7 +122,7 @@ def _http(results: Results) -> str:
     if each := results.memory.get("after load"):
         parts = [" + ".join(f"{b / 2**20:.1f}" for b in each.get(n, [])) or NA for n in servers]
         rows.append(["the same, per process (master first)", *parts, NA, NA])
-    return _table(header, rows) + "\n\n" + CLOSE_NOTE
+    return rows
 
 
 def _errors(results: Results, servers: list[str], keep_alive: bool) -> list[str]:

@@ -33,6 +33,7 @@ class Settings:
     gunicorn: bool = True
 
 
+SIGHUPPED = ("sockherd", "gunicorn sync")  # the servers that get a SIGHUP every second
 QUICK = {"seconds": 1, "repeats": 1, "sighup_seconds": 4, "startups": 2}
 
 
@@ -80,15 +81,10 @@ def _startup(results: Results, workdir: Path, scripts: dict[str, Path]) -> None:
 
 def _http(results: Results, workdir: Path, scripts: dict[str, Path]) -> None:
     settings = results.settings
-    field_ = [
-        _sockherd(settings, workdir, HELLO),
-        contenders.stdlib("http"),
-        *_gunicorn(settings, workdir, "sync", "gthread"),
-    ]
+    field_ = [_sockherd(settings, workdir, HELLO), contenders.stdlib("http")]
+    field_ += _gunicorn(settings, workdir, "sync", "gthread")
     with contenders.fleet(workdir) as fleet:
-        servers = [fleet.start(contender) for contender in field_]
-        for server in servers:
-            fleet.wait_ready(server)
+        servers = _ready(fleet, field_)
         measure.warm_up(servers, scripts, measure.HTTP_LOADS[1])
         results.memory["after warm-up"] = measure.memory(servers)
         for load in measure.HTTP_LOADS:
@@ -97,15 +93,22 @@ def _http(results: Results, workdir: Path, scripts: dict[str, Path]) -> None:
             )
         results.memory["after load"] = measure.memory(servers)
         for server in servers:
-            if server.name in ("sockherd", "gunicorn sync"):
+            if server.name in SIGHUPPED:
                 results.sighup[server.name] = measure.under_sighup(server, scripts, settings.sighup_seconds)
+
+
+def _ready(fleet: contenders.Fleet, field_: list[Contender]) -> list[contenders.Server]:
+    """Start them all, then wait for each: they boot side by side."""
+    servers = [fleet.start(contender) for contender in field_]
+    for server in servers:
+        fleet.wait_ready(server)
+    return servers
 
 
 def _fairness(results: Results, workdir: Path, scripts: dict[str, Path]) -> None:
     settings = results.settings
     with contenders.fleet(workdir) as fleet:
-        server = fleet.start(_sockherd(settings, workdir, TAGGED))
-        fleet.wait_ready(server)
+        [server] = _ready(fleet, [_sockherd(settings, workdir, TAGGED)])
         measure.warm_up([server], scripts, measure.FAIRNESS_LOAD)
         runs = measure.rounds([server], scripts, measure.FAIRNESS_LOAD, settings.seconds, settings.repeats)
         results.fairness = runs[server.name]
@@ -114,8 +117,6 @@ def _fairness(results: Results, workdir: Path, scripts: dict[str, Path]) -> None
 def _echo(results: Results, workdir: Path, scripts: dict[str, Path]) -> None:
     settings = results.settings
     with contenders.fleet(workdir) as fleet:
-        servers = [fleet.start(_sockherd(settings, workdir, ECHO)), fleet.start(contenders.stdlib("echo"))]
-        for server in servers:
-            fleet.wait_ready(server)
+        servers = _ready(fleet, [_sockherd(settings, workdir, ECHO), contenders.stdlib("echo")])
         measure.warm_up(servers, scripts, measure.ECHO_LOAD)
         results.echo = measure.rounds(servers, scripts, measure.ECHO_LOAD, settings.seconds, settings.repeats)
