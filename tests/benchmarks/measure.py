@@ -1,0 +1,134 @@
+"""The measurements, each over servers that are already up; raw results, no judgement.
+
+Repeats go round the servers in turn (A B C A B C …), so a burst of load from elsewhere on the
+machine hurts every server alike instead of whichever happened to be measured then.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.benchmarks import wrk
+from tests.benchmarks.contenders import Contender, Fleet, Server
+
+SETTLE_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Load:
+    """One kind of wrk load: `script` is a key of wrk.SCRIPTS."""
+
+    key: str
+    label: str
+    connections: int
+    script: str
+
+
+HTTP_LOADS = (
+    Load("ka1", "keep-alive, 1 connection", 1, "keep-alive"),
+    Load("ka16", "keep-alive, 16 connections", 16, "keep-alive"),
+    Load("ka64", "keep-alive, 64 connections", 64, "keep-alive"),
+    Load("close16", "connection per request, 16 connections", 16, "close"),
+)
+ECHO_LOAD = Load("echo64", "TCP echo, 64 connections", 64, "echo")
+FAIRNESS_LOAD = Load("fair16", "keep-alive, 16 connections, X-Worker tallied", 16, "tagged")
+SIGHUP_LOAD = HTTP_LOADS[1]
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def warm_up(servers: list[Server], scripts: dict[str, Path], load: Load) -> None:
+    """A second of load each: imports done, threads started, caches hot; the result is dropped."""
+    for server in servers:
+        wrk.run(server.port, load.connections, 1, scripts[load.script])
+
+
+def rounds(
+    servers: list[Server], scripts: dict[str, Path], load: Load, seconds: int, repeats: int
+) -> dict[str, list[wrk.Result]]:
+    """`repeats` runs of `load` against every server, in turn."""
+    results: dict[str, list[wrk.Result]] = {server.name: [] for server in servers}
+    for repeat in range(repeats):
+        for server in servers:
+            result = wrk.run(server.port, load.connections, seconds, scripts[load.script])
+            results[server.name].append(result)
+            progress(
+                f"  {load.key} {server.name} #{repeat + 1}: {result.rate:,.0f}/s, {result.errors} errors"
+            )
+    return results
+
+
+def memory(servers: list[Server]) -> dict[str, list[int]]:
+    """USS of each process of each server's tree, in bytes."""
+    return {server.name: server.uss() for server in servers}
+
+
+def startup(fleet: Fleet, contenders: list[Contender], repeats: int) -> dict[str, list[float]]:
+    """Seconds from starting the process to its first right answer, each start a fresh tree."""
+    results: dict[str, list[float]] = {contender.name: [] for contender in contenders}
+    for repeat in range(repeats):
+        for contender in contenders:
+            server = fleet.start(contender)
+            try:
+                fleet.wait_ready(server, whole_tree=False)
+                results[contender.name].append(time.monotonic() - server.started)
+            finally:
+                fleet.stop(server)
+            progress(f"  startup {contender.name} #{repeat + 1}: {results[contender.name][-1]:.3f} s")
+    return results
+
+
+def under_sighup(server: Server, scripts: dict[str, Path], seconds: int) -> dict[str, wrk.Result]:
+    """The same load without, then with, a SIGHUP to the master every second."""
+    load = SIGHUP_LOAD
+    steady = wrk.run(server.port, load.connections, seconds, scripts[load.script])
+    proc = wrk.start(server.port, load.connections, seconds, scripts[load.script])
+    hups = _hup_every_second(server, proc)
+    reloaded = wrk.finish(proc, seconds)
+    progress(
+        f"  sighup {server.name}: {steady.rate:,.0f}/s steady, {reloaded.rate:,.0f}/s with {hups} SIGHUPs, "
+        f"{reloaded.errors} errors"
+    )
+    _settle(server)
+    return {"steady": steady, "sighup": reloaded}
+
+
+def _hup_every_second(server: Server, proc: subprocess.Popen[str]) -> int:
+    """Until wrk ends; how many were sent."""
+    hups = 0
+    next_hup = time.monotonic() + 1.0
+    while True:
+        try:
+            proc.wait(max(0.0, next_hup - time.monotonic()))
+            return hups
+        except subprocess.TimeoutExpired:
+            os.kill(server.pid, signal.SIGHUP)
+            server.tree()  # remember the new workers' pids for cleanup
+            hups += 1
+            next_hup += 1.0
+
+
+def _settle(server: Server) -> None:
+    """Until the old workers have drained away, so they do not load the next measurement."""
+    end = time.monotonic() + SETTLE_TIMEOUT
+    while len(server.tree()) > server.contender.processes and time.monotonic() < end:
+        time.sleep(0.1)
+
+
+def busiest_share(result: wrk.Result) -> float:
+    """The share of requests the busiest worker served (1.0 when one worker served them all)."""
+    total = sum(result.workers.values())
+    return max(result.workers.values()) / total if total else 1.0
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")

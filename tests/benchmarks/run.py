@@ -1,0 +1,122 @@
+"""One benchmark run: which servers meet which load, in what order, for how long.
+
+startup    sockherd and gunicorn sync, fresh trees, alternately
+http       sockherd, ThreadingHTTPServer, gunicorn sync and gthread, all up side by side:
+           warm-up, USS, every HTTP load in rounds, USS again, SIGHUP every second
+fairness   a sockherd whose handler names its worker in each response
+echo       sockherd and ThreadingTCPServer with the example echo handler
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.benchmarks import contenders, machine, measure, wrk
+from tests.benchmarks.contenders import ECHO, HELLO, TAGGED, Contender
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long and how often; which sockherd (`service_keys`: raw TOML values, see --set)."""
+
+    seconds: int = 3
+    repeats: int = 3
+    sighup_seconds: int = 10
+    startups: int = 5
+    workers: int = 2
+    service_keys: dict[str, str] = field(
+        default_factory=lambda: {"concurrency": '"thread"', "daemon_threads": "false"}
+    )
+    gunicorn: bool = True
+
+
+SIGHUPPED = ("sockherd", "gunicorn sync")  # the servers that get a SIGHUP every second
+QUICK = {"seconds": 1, "repeats": 1, "sighup_seconds": 4, "startups": 2}
+
+
+@dataclass
+class Results:
+    """Every raw figure of a run; report.py judges them."""
+
+    machine: dict[str, Any]
+    settings: Settings
+    http: dict[str, dict[str, list[wrk.Result]]] = field(default_factory=dict)  # load key -> server -> runs
+    memory: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # moment -> server -> USS each
+    sighup: dict[str, dict[str, wrk.Result]] = field(default_factory=dict)  # server -> steady/sighup
+    fairness: list[wrk.Result] = field(default_factory=list)
+    echo: dict[str, list[wrk.Result]] = field(default_factory=dict)  # server -> runs
+    startup: dict[str, list[float]] = field(default_factory=dict)  # server -> seconds
+
+
+def run(settings: Settings, workdir: Path) -> Results:
+    """Every measurement, in order; every server started is stopped before this returns."""
+    results = Results(machine.describe(), settings)
+    scripts = wrk.write_scripts(workdir)
+    for phase in (_startup, _http, _fairness, _echo):
+        measure.progress(f"{phase.__name__.strip('_')}:")
+        phase(results, workdir, scripts)
+    results.machine["load_after"] = list(os.getloadavg())
+    return results
+
+
+def _sockherd(settings: Settings, workdir: Path, handler: str) -> Contender:
+    return contenders.sockherd(workdir, handler, settings.workers, settings.service_keys)
+
+
+def _gunicorn(settings: Settings, workdir: Path, *worker_classes: str) -> list[Contender]:
+    if not settings.gunicorn:
+        return []
+    return [contenders.gunicorn(workdir, worker_class, settings.workers) for worker_class in worker_classes]
+
+
+def _startup(results: Results, workdir: Path, scripts: dict[str, Path]) -> None:
+    settings = results.settings
+    racers = [_sockherd(settings, workdir, HELLO), *_gunicorn(settings, workdir, "sync")]
+    with contenders.fleet(workdir) as fleet:
+        results.startup = measure.startup(fleet, racers, settings.startups)
+
+
+def _http(results: Results, workdir: Path, scripts: dict[str, Path]) -> None:
+    settings = results.settings
+    field_ = [_sockherd(settings, workdir, HELLO), contenders.stdlib("http")]
+    field_ += _gunicorn(settings, workdir, "sync", "gthread")
+    with contenders.fleet(workdir) as fleet:
+        servers = _ready(fleet, field_)
+        measure.warm_up(servers, scripts, measure.HTTP_LOADS[1])
+        results.memory["after warm-up"] = measure.memory(servers)
+        for load in measure.HTTP_LOADS:
+            results.http[load.key] = measure.rounds(
+                servers, scripts, load, settings.seconds, settings.repeats
+            )
+        results.memory["after load"] = measure.memory(servers)
+        for server in servers:
+            if server.name in SIGHUPPED:
+                results.sighup[server.name] = measure.under_sighup(server, scripts, settings.sighup_seconds)
+
+
+def _ready(fleet: contenders.Fleet, field_: list[Contender]) -> list[contenders.Server]:
+    """Start them all, then wait for each: they boot side by side."""
+    servers = [fleet.start(contender) for contender in field_]
+    for server in servers:
+        fleet.wait_ready(server)
+    return servers
+
+
+def _fairness(results: Results, workdir: Path, scripts: dict[str, Path]) -> None:
+    settings = results.settings
+    with contenders.fleet(workdir) as fleet:
+        [server] = _ready(fleet, [_sockherd(settings, workdir, TAGGED)])
+        measure.warm_up([server], scripts, measure.FAIRNESS_LOAD)
+        runs = measure.rounds([server], scripts, measure.FAIRNESS_LOAD, settings.seconds, settings.repeats)
+        results.fairness = runs[server.name]
+
+
+def _echo(results: Results, workdir: Path, scripts: dict[str, Path]) -> None:
+    settings = results.settings
+    with contenders.fleet(workdir) as fleet:
+        servers = _ready(fleet, [_sockherd(settings, workdir, ECHO), contenders.stdlib("echo")])
+        measure.warm_up(servers, scripts, measure.ECHO_LOAD)
+        results.echo = measure.rounds(servers, scripts, measure.ECHO_LOAD, settings.seconds, settings.repeats)

@@ -1,0 +1,145 @@
+"""The benchmark harness (python -m tests.benchmarks) still works; the benchmark itself is not run here."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.benchmarks import contenders, report, wrk
+from tests.benchmarks.contenders import Fleet, Server
+from tests.benchmarks.run import Results, Settings
+from tests.benchmarks.wsgi import app
+from workers.examples.hello import BODY, HelloHandler
+
+needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    with contenders.fleet(tmp_path) as running:
+        yield running
+
+
+def started(fleet: Fleet, contender: contenders.Contender) -> Server:
+    server = fleet.start(contender)
+    fleet.wait_ready(server)
+    return server
+
+
+def result(
+    rate: float, p50_ms: float = 0.2, errors: int = 0, workers: dict[str, int] | None = None
+) -> wrk.Result:
+    return wrk.Result(int(rate), 1.0, p50_ms, errors, 0, workers or {})
+
+
+def results(**changes: Any) -> Results:
+    """A run that meets every target; `changes` replace some of its figures."""
+    http = {
+        "ka1": {"sockherd": [result(9000, p50_ms=0.1)], "ThreadingHTTPServer": [result(8000)]},
+        "ka16": {
+            "sockherd": [result(30000)],
+            "ThreadingHTTPServer": [result(20000)],
+            "gunicorn sync": [result(10000)],
+        },
+        "close16": {"sockherd": [result(9000)], "gunicorn sync": [result(7000)]},
+    }
+    figures: dict[str, Any] = {
+        "http": http,
+        "memory": {"after load": {"sockherd": [10 * 2**20, 20 * 2**20], "gunicorn sync": [40 * 2**20]}},
+        "sighup": {"sockherd": {"steady": result(30000), "sighup": result(29000)}},
+        "fairness": [result(30000, workers={"1": 55, "2": 45})],
+        "echo": {"sockherd": [result(40000)], "ThreadingTCPServer": [result(20000)]},
+        "startup": {"sockherd": [0.3], "gunicorn sync": [0.4]},
+    }
+    return Results({}, Settings(), **{**figures, **changes})
+
+
+def verdicts(run: Results) -> dict[str, str]:
+    return {v.target: v.status for v in report.judge(run)}
+
+
+def test_help() -> None:
+    """`python -m tests.benchmarks --help` describes the options without running anything."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.benchmarks", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    assert "--quick" in done.stdout
+
+
+def test_wsgi_app_answers_like_the_hello_handler() -> None:
+    """gunicorn's app sends the hello handler's body, content type and length."""
+    seen: list[Any] = []
+    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *args: seen.append(args)))
+    assert body == BODY and HelloHandler.protocol_version == "HTTP/1.1"
+    assert seen == [("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(BODY)))])]
+
+
+def test_every_target_passes_on_a_run_that_meets_them() -> None:
+    """The synthetic run that meets issue #6's targets gets PASS for each of the ten."""
+    assert set(verdicts(results()).values()) == {"PASS"}
+
+
+def test_a_missed_target_fails() -> None:
+    """A sockherd only 1.2x the single ThreadingHTTPServer at 16 connections is a FAIL there."""
+    http = results().http | {"ka16": {"sockherd": [result(24000)], "ThreadingHTTPServer": [result(20000)]}}
+    outcome = verdicts(results(http=http))
+    assert outcome["keep-alive, 16 connections: sockherd ÷ ThreadingHTTPServer"] == "FAIL"
+    assert report.failed(report.judge(results(http=http)))
+
+
+def test_an_error_under_sighup_fails() -> None:
+    """One error while SIGHUPs arrive fails the target, whatever the throughput."""
+    sighup = {"sockherd": {"steady": result(30000), "sighup": result(30000, errors=1)}}
+    assert verdicts(results(sighup=sighup))["SIGHUP every second: sockherd's errors"] == "FAIL"
+
+
+def test_targets_without_gunicorn_are_skipped() -> None:
+    """A run without gunicorn SKIPs the four comparisons with it and judges the rest."""
+    http = {key: {k: v for k, v in by.items() if k != "gunicorn sync"} for key, by in results().http.items()}
+    run = results(http=http, memory={}, startup={"sockherd": [0.3]})
+    assert list(verdicts(run).values()).count("SKIP") == 4
+    assert "FAIL" not in verdicts(run).values()
+
+
+def test_report_renders_markdown_tables() -> None:
+    """The report has the machine lines and three tables with the measured ratios."""
+    run = results()
+    machine = {"date": "d", "cpu": "c", "cores": 2, "os": "o", "kernel": "k", "python": "p"}
+    run = dataclasses.replace(
+        run, machine={**machine, "sockherd": "s", "gunicorn": "g", "wrk": "w", "load_before": [0.1]}
+    )
+    text = report.render(run)
+    assert sum(line.startswith("|---") for line in text.splitlines()) == 3
+    assert "| 1.50x |" in text  # keep-alive 16: 30000 / 20000
+
+
+def test_wrk_output_without_result_line_is_an_error() -> None:
+    """wrk exiting without our JSON line raises WrkError with what it printed."""
+    with pytest.raises(wrk.WrkError, match="unable to connect"):
+        wrk.parse("", "unable to connect to 127.0.0.1:1 Connection refused", 1)
+
+
+@needs_wrk
+def test_echo_load_is_parsed_by_wrk(fleet: Fleet, tmp_path: Path) -> None:
+    """wrk drives the echo handler: every echoed message parses as a response, with no error."""
+    server = started(fleet, contenders.stdlib("echo"))
+    run = wrk.run(server.port, 2, 1, wrk.write_scripts(tmp_path)["echo"])
+    assert run.requests > 0 and run.errors == 0
+
+
+@needs_wrk
+def test_fairness_tally_names_each_worker(fleet: Fleet, tmp_path: Path) -> None:
+    """The tagged run counts requests per sockherd worker pid."""
+    keys = {"concurrency": '"thread"', "daemon_threads": "false"}
+    server = started(fleet, contenders.sockherd(tmp_path, contenders.TAGGED, 2, keys))
+    run = wrk.run(server.port, 4, 1, wrk.write_scripts(tmp_path)["tagged"])
+    assert set(run.workers) <= {str(p.pid) for p in server.tree()[1:]}
+    assert sum(run.workers.values()) == run.requests
