@@ -87,7 +87,8 @@ def hello() -> Iterator[tuple[str, int]]:
         serving = threading.Thread(target=server.serve_forever, args=(0.05,))
         serving.start()
         try:
-            yield server.server_address[:2]
+            host, port = server.server_address[:2]
+            yield str(host), port
         finally:
             server.shutdown()
             serving.join(timeout=10)
