@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.benchmarks import contenders, report, wrk
+from tests.benchmarks import run as run_module
 from tests.benchmarks.contenders import Fleet, Server
 from tests.benchmarks.run import Results, Settings
 from tests.benchmarks.wsgi import app
@@ -93,6 +94,21 @@ def test_a_missed_target_fails() -> None:
     outcome = verdicts(results(http=http))
     assert outcome["keep-alive, 16 connections: sockherd ÷ ThreadingHTTPServer"] == "FAIL"
     assert report.failed(report.judge(results(http=http)))
+
+
+def test_connection_per_request_is_judged_on_the_faster_sockherd() -> None:
+    """A pool sockherd 1.3x gunicorn sync passes the target the thread one misses, and is named."""
+    close16 = {"sockherd": [result(7000)], "sockherd pool": [result(9100)], "gunicorn sync": [result(7000)]}
+    run = results(http=results().http | {"close16": close16})
+    [verdict] = [v for v in report.judge(run) if v.target.startswith("connection per request")]
+    assert (verdict.status, verdict.measured) == ("PASS", "1.30x (pool)")
+
+
+def test_pool_sockherd_joins_unless_configured() -> None:
+    """The HTTP field gets a pool sockherd, except when the sockherd under test is one already."""
+    pooled = Settings(service_keys={"concurrency": "'pool'", "daemon_threads": "true"})
+    assert [c.name for c in run_module._pool(Settings(), Path("/tmp"))] == ["sockherd pool"]
+    assert run_module._pool(pooled, Path("/tmp")) == []
 
 
 def test_an_error_under_sighup_fails() -> None:

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import tomllib
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import TESTS_DIR, Launcher, render_config
+from workers.examples.hello import HelloHandler
 
 EXAMPLE = TESTS_DIR.parent / "etc" / "sockherd.toml"
 
@@ -72,6 +77,41 @@ class TestBundledExample:
         daemon.send(signal.SIGTERM)
         assert daemon.wait_exit() == 0
         assert not list(short_dir.glob("echo-*.sock"))
+
+
+@pytest.fixture
+def hello() -> Iterator[tuple[str, int]]:
+    """The example HelloHandler behind a plain stdlib server on a free loopback port."""
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), HelloHandler) as server:
+        server.daemon_threads = True
+        serving = threading.Thread(target=server.serve_forever, args=(0.05,))
+        serving.start()
+        try:
+            host, port = server.server_address[:2]
+            yield str(host), port
+        finally:
+            server.shutdown()
+            serving.join(timeout=10)
+
+
+class TestHelloHandler:
+    """The example HTTP handler keeps connections alive unless the client asks to close."""
+
+    def test_keeps_the_connection_alive(self, hello: tuple[str, int]) -> None:
+        """Two requests travel over one connection, and neither answer says Connection: close."""
+        connection = http.client.HTTPConnection(*hello, timeout=5)
+        for _ in range(2):
+            connection.request("GET", "/")
+            response = connection.getresponse()
+            assert (response.read(), response.getheader("Connection")) == (b"hello, world\n", None)
+        connection.close()
+
+    def test_answers_connection_close_when_asked(self, hello: tuple[str, int]) -> None:
+        """A client sending Connection: close is told so, then the server closes the connection."""
+        with socket.create_connection(hello, timeout=5) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b"".join(iter(lambda: client.recv(4096), b""))  # until the server closes
+        assert b"\r\nConnection: close\r\n" in reply and reply.endswith(b"hello, world\n")
 
 
 class TestEntryPoints:

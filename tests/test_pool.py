@@ -69,6 +69,7 @@ class TestPool:
         """50 concurrent clients are all served by a worker that never grows beyond its pool."""
         daemon = sockherd.start({"svc": pool(4)})
         [worker] = daemon.workers("svc")
+        ask(daemon.address("svc"), b"pid\n")  # answered: the pool threads have started
         idle = psutil.Process(worker).num_threads()
         clients = [socket.create_connection(daemon.address("svc"), timeout=DEADLINE) for _ in range(50)]
         try:

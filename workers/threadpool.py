@@ -53,8 +53,11 @@ class PoolMixIn(socketserver.BaseServer):
         return super().get_request()
 
     def service_actions(self) -> None:
-        with self._idle:
-            self._idle.wait_for(lambda: self._busy < self.threads, timeout=self._interval)
+        # Only this thread raises _busy, so an idle thread seen without the lock stays idle for
+        # it; the lock is taken only to wait, not on every turn of the loop (every request).
+        if self._busy >= self.threads:
+            with self._idle:
+                self._idle.wait_for(lambda: self._busy < self.threads, timeout=self._interval)
         super().service_actions()
 
     def process_request(self, request: Any, client_address: Any) -> None:

@@ -2,14 +2,18 @@
 
 startup    sockherd and gunicorn sync, fresh trees, alternately
 http       sockherd, ThreadingHTTPServer, gunicorn sync and gthread, all up side by side:
-           warm-up, USS, every HTTP load in rounds, USS again, SIGHUP every second
+           warm-up, USS, every HTTP load in rounds, USS again, SIGHUP every second; a second
+           sockherd with concurrency = "pool" (unless that is the one configured) takes the
+           connection-per-request load only, the load that option is made for
 fairness   a sockherd whose handler names its worker in each response
 echo       sockherd and ThreadingTCPServer with the example echo handler
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ class Settings:
     gunicorn: bool = True
 
 
+POOL = "sockherd pool"  # sockherd with concurrency = "pool", for the connection-per-request load
 SIGHUPPED = ("sockherd", "gunicorn sync")  # the servers that get a SIGHUP every second
 QUICK = {"seconds": 1, "repeats": 1, "sighup_seconds": 4, "startups": 2}
 
@@ -66,6 +71,18 @@ def _sockherd(settings: Settings, workdir: Path, handler: str) -> Contender:
     return contenders.sockherd(workdir, handler, settings.workers, settings.service_keys)
 
 
+def _pool(settings: Settings, workdir: Path) -> list[Contender]:
+    """sockherd with concurrency = "pool" (threads reused: no thread start per connection), unless
+    the sockherd configured is that already."""
+    keys = settings.service_keys
+    if tomllib.loads("c = " + keys.get("concurrency", '"thread"'))["c"] == "pool":
+        return []
+    keys = {key: value for key, value in keys.items() if key != "max_children"}  # fork only
+    keys |= {"concurrency": '"pool"', "daemon_threads": keys.get("daemon_threads", "false")}
+    contender = contenders.sockherd(workdir, HELLO, settings.workers, keys)
+    return [dataclasses.replace(contender, name=POOL)]
+
+
 def _gunicorn(settings: Settings, workdir: Path, *worker_classes: str) -> list[Contender]:
     if not settings.gunicorn:
         return []
@@ -81,16 +98,15 @@ def _startup(results: Results, workdir: Path, scripts: dict[str, Path]) -> None:
 
 def _http(results: Results, workdir: Path, scripts: dict[str, Path]) -> None:
     settings = results.settings
-    field_ = [_sockherd(settings, workdir, HELLO), contenders.stdlib("http")]
+    field_ = [_sockherd(settings, workdir, HELLO), *_pool(settings, workdir), contenders.stdlib("http")]
     field_ += _gunicorn(settings, workdir, "sync", "gthread")
     with contenders.fleet(workdir) as fleet:
         servers = _ready(fleet, field_)
         measure.warm_up(servers, scripts, measure.HTTP_LOADS[1])
         results.memory["after warm-up"] = measure.memory(servers)
         for load in measure.HTTP_LOADS:
-            results.http[load.key] = measure.rounds(
-                servers, scripts, load, settings.seconds, settings.repeats
-            )
+            takers = [s for s in servers if s.name != POOL or load.script == "close"]
+            results.http[load.key] = measure.rounds(takers, scripts, load, settings.seconds, settings.repeats)
         results.memory["after load"] = measure.memory(servers)
         for server in servers:
             if server.name in SIGHUPPED:

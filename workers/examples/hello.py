@@ -17,6 +17,10 @@ class HelloHandler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(BODY)))
+        if self.close_connection:
+            # The client asked to close (or speaks HTTP/1.0): say so, or an HTTP/1.1 client takes
+            # the connection as kept alive and writes its next request into a closed socket.
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(BODY)
 
