@@ -1,4 +1,4 @@
-"""Checks of a config that look across services, or into the handlers (in a probe process)."""
+"""Checks of a config that look across services, or into the handlers (in a probe child)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def duplicate_addresses(services: list[ServiceConfig], problems: Problems) -> No
 def handlers(
     services: list[tuple[ServiceConfig, bool]], supervisor: SupervisorConfig, problems: Problems
 ) -> None:
-    """Import each handler in a probe process, as the workers' user; check its family only where
+    """Import each handler in a probe child, as the workers' user; check its family only where
     the protocol is valid."""
     handlers = (s.handler for s, _ in services)
     try:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from supervisor import __version__, boot, client, config, logview
+from supervisor import __version__, boot, config, logview
 from supervisor.errors import ConfigError, ExitCode
 from workers import logs
 
@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return logview.run(args)
     if args.command in ("run", "check"):
         return _run_or_check(args)
+    from supervisor import client  # with psutil: not needed by `run`, whose start-up time counts
+
     daemon = client.Daemon(args.config, args.pidfile)
     if args.command == "status":
         return client.show_status(daemon, args.json)

@@ -6,8 +6,6 @@ worker that stops going round its serving loop, blocked or SIGSTOPped, simply fa
 
 from __future__ import annotations
 
-import psutil
-
 from supervisor.pool import Pool
 from supervisor.worker import Worker, WorkerState
 
@@ -47,6 +45,8 @@ def _check_rss(pool: Pool, worker: Worker, now: float) -> None:
     if now - worker.rss_checked < RSS_CHECK_INTERVAL:
         return
     worker.rss_checked = now
+    import psutil  # only for services with max_rss: psutil is no part of the master's start-up
+
     try:
         rss = psutil.Process(worker.pid).memory_info().rss
     except psutil.Error:

@@ -7,14 +7,13 @@ under way (keeping the pools full, a reload, a stop). Each of those lives in its
 from __future__ import annotations
 
 import enum
+import gc
 import os
 import selectors
 import signal
 import time
 from pathlib import Path
-from typing import Any
-
-import psutil
+from typing import TYPE_CHECKING, Any
 
 from supervisor import health, privileges, reload, status, systemd
 from supervisor.config import Config
@@ -26,6 +25,9 @@ from supervisor.sockets import Listener
 from supervisor.worker import Generation, Worker
 from workers import logs
 from workers.wakeup import SignalQueue
+
+if TYPE_CHECKING:
+    import psutil
 
 MASTER_SIGNALS = (
     signal.SIGTERM,
@@ -97,6 +99,12 @@ class Master:
     def run(self) -> int:
         self.log.info("started", config=str(self.config.path), subreaper=become_subreaper())
         reload.announce(self.log, self.pool.current, self.pool.current.listeners.values())
+        # Once, before the first fork: what exists now (modules, classes, the first config) stays
+        # out of the master's collections, whose writes would copy every page the workers share
+        # (a full collection took the master's USS from 1.4 to 8.7 MiB). Only once: frozen objects
+        # are left to reference counting, so a freeze at every fork would keep each reload's
+        # garbage cycles for ever.
+        gc.freeze()
         try:
             self._tick(time.monotonic())
             while self.state is not State.STOPPED:
@@ -270,6 +278,8 @@ class Master:
 
     def _orphans(self) -> list[psutil.Process]:
         """Children that are not workers: request children adopted after their worker exited."""
+        import psutil  # only once stopping: psutil is no part of the master's start-up
+
         try:
             children = psutil.Process().children()
         except psutil.Error:
@@ -277,6 +287,8 @@ class Master:
         return [c for c in children if c.pid not in self.pool.workers]
 
     def _kill_orphans(self) -> None:
+        import psutil  # only once stopping, as in _orphans
+
         for child in self._orphans():
             try:
                 child.kill()

@@ -6,8 +6,6 @@ import contextlib
 import os
 from pathlib import Path
 
-import psutil
-
 from supervisor.errors import SockherdError
 
 
@@ -22,6 +20,8 @@ def read(path: Path) -> int | None:
 def is_live_sockherd(pid: int) -> bool:
     """`pid` runs `sockherd ...` or `python -m supervisor ...`: a command line that merely
     mentions either (supervisord, an editor on sockherd.toml) is a stranger, never to be signalled."""
+    import psutil  # only when a pid file names a live pid: psutil is no part of a normal start-up
+
     try:
         cmdline = psutil.Process(pid).cmdline()
     except psutil.Error:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import psutil
-
 from supervisor.pool import Pool
 from supervisor.worker import Worker, WorkerState
 
@@ -56,6 +54,8 @@ def _worker(worker: Worker) -> dict[str, Any]:
         "requests": worker.requests,
         "connections": worker.connections,
     }
+    import psutil  # only when asked for a status: psutil is no part of the master's start-up
+
     try:
         process = psutil.Process(worker.pid)
         with process.oneshot():

@@ -35,7 +35,8 @@ HELLO = "workers.examples.hello:HelloHandler"
 LIFECYCLE = "handlers:LifecycleStreamHandler"
 
 # Handler modules written into a temporary pythonpath directory. The config check imports them in
-# the probe (`python -m supervisor.probe`), where they behave; only workers see the trouble.
+# the probe (whose sys.argv[0] names supervisor/probe.py), where they behave; only workers see
+# the trouble.
 IN_WORKER = 'import sys\nIN_WORKER = "probe" not in sys.argv[0]\n'
 BOOT_FAILS = IN_WORKER + (
     "if IN_WORKER:\n"
@@ -67,7 +68,7 @@ VERSIONED = (
 )
 
 
-# Slow to import in the probe (python -m supervisor.probe) only: keeps the master busy validating.
+# Slow to import in the probe only (sys.argv[0] names it): keeps the master busy validating.
 PROBE_SLOW = """\
 import sys
 import time

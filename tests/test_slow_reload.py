@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.conftest import Launcher, service
 
-# Sleeps only in the probe process that validates the config (python -m supervisor.probe).
+# Sleeps only in the probe that validates the config (its sys.argv[0] names supervisor/probe.py).
 SLOW_IN_PROBE = """\
 import socketserver
 import sys
