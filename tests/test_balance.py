@@ -11,6 +11,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.conftest import Daemon, Launcher, service, wait_until
@@ -41,6 +42,12 @@ def read_line(client: socket.socket) -> bytes:
         assert chunk, f"connection closed after {line!r}"
         line += chunk
     return line
+
+
+def all_stopped(pid: int) -> bool:
+    """Every thread of `pid` stopped: one still running might yet accept a connection."""
+    threads = [psutil.Process(thread.id) for thread in psutil.Process(pid).threads()]
+    return all(thread.status() == psutil.STATUS_STOPPED for thread in threads)
 
 
 def gated_events(daemon: Daemon, pids: set[int]) -> list[dict[str, Any]]:
@@ -136,6 +143,7 @@ class TestSpread:
         stopped, running = daemon.workers("web")
         os.kill(stopped, signal.SIGSTOP)
         try:
+            wait_until(lambda: all_stopped(stopped), what="every thread of the worker to stop")
             with held(daemon.address("web"), CONNECTIONS) as pids:
                 assert set(pids) == {running}
             assert [e["waited_for"] for e in gated_events(daemon, {running})] == [[0]]
