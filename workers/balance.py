@@ -32,7 +32,7 @@ from workers import logs
 CELLS = 511  # with the header, two 4 KiB pages: far more workers than a socket ever has
 ABSENT = -1  # a free cell, or a worker that does not accept (booting, draining): never waited for
 DEFER = 0.05  # seconds a sibling has to take a connection: GIL switches (5 ms each), a busy CPU
-STEP = 0.001  # how often a waiting worker looks whether a sibling took the connection
+STEP = 0.005  # how often a waiting worker looks whether a sibling took the connection
 BALANCED = frozenset({"thread", "pool"})  # the concurrencies that hold connections on threads
 
 
