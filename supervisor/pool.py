@@ -12,6 +12,7 @@ import selectors
 import signal
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from supervisor.config import ServiceConfig
@@ -19,6 +20,7 @@ from supervisor.reap import ExitStatus
 from supervisor.sockets import Listener
 from supervisor.spawn import fork_worker
 from supervisor.worker import GONE, Generation, Worker, WorkerState
+from workers.balance import Board, balanced
 from workers.runtime import WorkerSpec
 
 MIN_UPTIME = 1.0  # a worker that exits sooner than this counts as a failure to start
@@ -111,16 +113,20 @@ class Pool:
         return min(waiting, default=None)
 
     def spawn(self, generation: Generation, service: ServiceConfig, index: int) -> Worker:
+        listener = generation.listeners[service.name]
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        board, cell = self._seat(service, listener)
+        spec = replace(self._spec(generation, service, index, write_fd), board=board, cell=cell)
         try:
-            pid = fork_worker(self._spec(generation, service, index, write_fd), self.master_signals)
+            pid = fork_worker(spec, self.master_signals)
         except OSError:
             os.close(read_fd)
+            if board:
+                board.free(cell)
             raise
         finally:
             os.close(write_fd)
         os.set_blocking(read_fd, False)
-        listener = generation.listeners[service.name]
         worker = Worker(
             pid,
             service.name,
@@ -130,11 +136,21 @@ class Pool:
             listener=listener,
             timeout=service.timeout,
             max_rss=service.max_rss,
+            board=board,
+            cell=cell,
         )
         self.workers[pid] = worker
         self.selector.register(read_fd, selectors.EVENT_READ, worker)
         self.log.info("worker_spawned", **worker.fields())
         return worker
+
+    def _seat(self, service: ServiceConfig, listener: Listener) -> tuple[Board | None, int]:
+        """A cell on the board of `listener` for a new worker, if the service's are balanced."""
+        if not balanced(service.protocol.is_stream, service.concurrency.value):
+            return None, 0
+        listener.board = listener.board or Board()
+        cell = listener.board.take()
+        return (listener.board, cell) if cell else (None, 0)
 
     def _spec(
         self, generation: Generation, service: ServiceConfig, index: int, channel_fd: int
@@ -204,6 +220,8 @@ class Pool:
         if worker is None:
             return None
         self._close_channel(worker)
+        if worker.board:
+            worker.board.free(worker.cell)
         uptime = time.monotonic() - worker.started
         self.log.log(
             20 if worker.state is WorkerState.STOPPING else 40,

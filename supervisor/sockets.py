@@ -13,12 +13,13 @@ import os
 import socket
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from supervisor.addresses import Address, InetAddress, UnixAddress
 from supervisor.config import Protocol, ServiceConfig
 from supervisor.errors import BindError
+from workers.balance import Board
 
 
 @dataclass
@@ -30,6 +31,9 @@ class Listener:
     created: tuple[Path, int] | None = None  # (path, inode) of a socket file we made
     bound_for: tuple[Protocol, Address] | None = None  # the protocol and address as configured
     passed: bool = False  # handed over by systemd: never bound, unlinked or shut down by us
+    # The connection counts of the workers sharing the socket (workers.balance), made by the pool
+    # for their first: it lives as long as the socket, across reloads that keep the socket.
+    board: Board | None = field(default=None, repr=False, compare=False)
 
     @property
     def address(self) -> str:

@@ -16,6 +16,7 @@ from supervisor import backoff
 from supervisor.config import Config, ServiceConfig
 from supervisor.sockets import Listener
 from workers import channel
+from workers.balance import Board
 
 
 class WorkerState(enum.Enum):
@@ -52,6 +53,8 @@ class Worker:
     stop_deadline: float | None = None  # told to stop: killed if still there by then
     state: WorkerState = WorkerState.BOOTING
     reader: channel.Reader = field(default_factory=channel.Reader)
+    board: Board | None = field(default=None, repr=False)  # where it counts its connections
+    cell: int = 0  # its cell on `board`, freed when it is reaped
 
     def move_to(self, state: WorkerState) -> None:
         if state not in _TRANSITIONS[self.state]:

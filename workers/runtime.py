@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workers import channel, logs, output
+from workers.balance import Board, Gate
 from workers.keepalive import close_when_draining
 from workers.loader import extend_path, load_handler
 from workers.privileges import Identity, PrivilegeError, become
@@ -63,6 +64,8 @@ class WorkerSpec:
     listener_fd: int
     channel_fd: int
     lifeline_fd: int
+    board: Board | None = None  # shared with the siblings on this listener (workers.balance)
+    cell: int = 0  # this worker's cell on `board`
 
     @property
     def stream(self) -> bool:
@@ -89,6 +92,8 @@ def worker_main(spec: WorkerSpec) -> int:
     server.monitor = monitor = Monitor(spec)
     if spec.concurrency == "fork":  # request children hold the connections; the worker closed its copies
         monitor.open_requests = lambda: len(server.active_children or ())  # type: ignore[attr-defined]
+    if spec.board is not None:  # from here on siblings count on this worker to accept
+        server.gate = Gate(spec.board, spec.cell)
     return Worker(spec, server, signals).run()
 
 
@@ -232,6 +237,8 @@ class Worker:
     def _start_draining(self, signum: signal.Signals) -> None:
         self.log.info("worker_stopping", signal=signum.name, daemon_threads=self.spec.daemon_threads)
         self.server.draining = True  # type: ignore[attr-defined]
+        if self.server.gate:
+            self.server.gate.leave()
         self.draining = threading.Thread(target=self._drain, name="drain", daemon=True)
         self.draining.start()
 

@@ -9,15 +9,16 @@ Class diagram (each class is the stdlib class of the same name plus `Adoptable`)
     ForkingMixIn   + TCPServer  = ForkingTCPServer        (likewise; the Unix forms exist from 3.12
                                                             in the stdlib, and here on 3.11)
 
-They behave exactly like the stdlib servers, with five differences: `from_socket()` builds a
+They behave exactly like the stdlib servers, with six differences: `from_socket()` builds a
 server around an already bound socket; accepted TCP connections get TCP_NODELAY;
 `handle_error()` logs one structured event instead of printing a traceback; with
 `access_log` set, each request is logged as an `access` event (workers.access); with
-`client_timeout` set, an accepted connection gets that socket timeout; and running out of
-descriptors or memory in accept() pauses the loop instead of spinning (`get_request`). An optional
-`monitor` hears every turn of the serving loop (`service_actions`) and every accepted request
-(`verify_request`); the Forking classes go through `_ForkingMixIn` because the stdlib's
-`ForkingMixIn.service_actions` does not call `super()`.
+`client_timeout` set, an accepted connection gets that socket timeout; running out of
+descriptors or memory in accept() pauses the loop instead of spinning (`get_request`); and with
+a `gate` (workers.balance), a worker holding more connections than its siblings leaves a queued
+one to them. An optional `monitor` hears every turn of the serving loop (`service_actions`) and
+every accepted request (`verify_request`); the Forking classes go through `_ForkingMixIn`
+because the stdlib's `ForkingMixIn.service_actions` does not call `super()`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import time
 from typing import Any, Protocol, Self
 
 from workers import access
+from workers.balance import Gate
 from workers.logs import get_logger
 from workers.threadpool import PoolMixIn
 
@@ -62,6 +64,7 @@ class Adoptable(socketserver.BaseServer):
 
     socket: _Socket
     monitor: Monitor | None = None
+    gate: Gate | None = None  # set for stream servers that hold connections on threads
     access_log = False  # one `access` event per request, with its bytes counted
 
     # Seconds each wait on a stream client (recv, or send to one that does not read) may take;
@@ -71,6 +74,8 @@ class Adoptable(socketserver.BaseServer):
     accept_failures = 0  # accept() failures in a row for lack of a resource
 
     def get_request(self) -> Any:
+        if self.gate and not self.gate.wait_turn(self.socket):
+            raise BlockingIOError("a less loaded worker took the connection")  # the loop goes on
         try:
             request, client_address = super().get_request()
         except OSError as exc:
@@ -105,10 +110,14 @@ class Adoptable(socketserver.BaseServer):
 
     def shutdown_request(self, request: Any) -> None:
         super().shutdown_request(request)
+        if self.gate:
+            self.gate.closed()
         if self.monitor:
             self.monitor.finish()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
+        if self.gate:  # every request accepted gets here, and then to shutdown_request once
+            self.gate.opened()
         if self.monitor:
             self.monitor.request()
         return super().verify_request(request, client_address)
