@@ -2,7 +2,7 @@
 
 The listener stays readable while connections wait in its queue, so a serving loop that only
 ignores the failed accept() would go straight back to select() and spin. The worker must log
-`accept_failed` once, pause accepting, and serve the queue once descriptors are free again.
+`accept_failed` once per episode, pause accepting, and serve the queue once descriptors are free again.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def starved(sockherd: Launcher) -> Daemon:
 
 def test_accept_backs_off_at_emfile_and_recovers(starved: Daemon) -> None:
     """At EMFILE with connections queued the worker stays nearly idle (no spin), logs
-    accept_failed once, and serves the queue and new clients once the idle ones leave."""
+    accept_failed once per episode, and serves the queue and new clients once the idle ones leave."""
     address = starved.address("svc")
     [pid] = starved.workers("svc")
     worker = psutil.Process(pid)
@@ -66,9 +66,12 @@ def test_accept_backs_off_at_emfile_and_recovers(starved: Daemon) -> None:
                 holder.close()
         served = load.successes["tcp-per-request"]
         wait_until(lambda: load.successes["tcp-per-request"] >= served + 20, what="service after EMFILE")
-    [failed] = starved.events("accept_failed")
-    assert "Too many open files" in failed["error"], failed
-    assert starved.wait_for("accept_resumed")["failures"] >= 1
+    # An episode may end early: a request of the load finishes, frees a descriptor, and one
+    # queued connection is accepted before the next accept fails. Each episode logs once.
+    episodes = starved.events("accept_failed")
+    assert episodes and all("Too many open files" in e["error"] for e in episodes), episodes
+    wait_until(lambda: len(starved.events("accept_resumed")) == len(episodes), what="every episode ended")
+    assert all(e["failures"] >= 1 for e in starved.events("accept_resumed"))
     # Queued requests wait; none is refused or reset. One queued longer than the client's
     # patience (tests.load.TIMEOUT) times out on the client's side.
     assert all("timed out" in f.error for f in load.failures), load.report()
