@@ -12,7 +12,10 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
-import structlog
+from workers.deferred import deferred
+
+with deferred("asyncio"):  # structlog's async methods only; see workers.deferred
+    import structlog
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _FIRST_KEYS = ("ts", "level", "event", "pid", "role", "service", "worker", "generation")

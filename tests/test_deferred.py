@@ -1,0 +1,51 @@
+"""workers.deferred: structlog is imported without asyncio, which still works when used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def _run(code: str) -> str:
+    """Run `code` in a fresh interpreter and return what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stdout.strip()
+
+
+def test_logging_does_not_import_asyncio() -> None:
+    """Importing sockherd's logging leaves asyncio unimported."""
+    assert _run("import sys, workers.logs; print('asyncio' in sys.modules)") == "False"
+
+
+def test_later_import_is_the_real_module() -> None:
+    """A later `import asyncio` gets the real module, and structlog's reference reaches it too."""
+    code = """
+        import workers.logs, structlog._native as native, asyncio
+        print(type(asyncio).__name__, native.asyncio.get_running_loop is asyncio.get_running_loop)
+    """
+    assert _run(code) == "module True"
+
+
+def test_structlog_async_method_works() -> None:
+    """structlog's async logging methods, the reason it imports asyncio, still work."""
+    code = """
+        import asyncio, workers.logs, structlog
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory())
+        asyncio.run(structlog.get_logger().ainfo("hello_async"))
+    """
+    assert "hello_async" in _run(code)
+
+
+def test_from_import_inside_the_block() -> None:
+    """A `from asyncio import ...` inside the block gets the real object, not the stand-in."""
+    code = """
+        from workers.deferred import deferred
+        with deferred("asyncio"):
+            from asyncio import sleep
+        import asyncio
+        print(sleep is asyncio.sleep)
+    """
+    assert _run(code) == "True"

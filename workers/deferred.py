@@ -1,0 +1,40 @@
+"""Import a library without the standard modules it imports only for calls sockherd never makes.
+
+structlog imports asyncio (which brings ssl, subprocess and concurrent.futures) for its async
+logging methods alone. sockherd never calls them, but every process would pay for the import
+at start-up: about a third of the time to the first answer. Inside `deferred("asyncio")`, an
+`import asyncio` binds a stand-in that imports the real module the first time an attribute of
+it is read; afterwards the stand-in leaves `sys.modules`, so any later `import asyncio` (a
+handler's, say) is an ordinary import of the one real module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+class _StandIn(types.ModuleType):
+    """A module that becomes the real one, by name, on first attribute access."""
+
+    def __getattr__(self, name: str) -> Any:
+        if sys.modules.get(self.__name__) is self:  # read inside the block: step aside first
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), name)
+
+
+@contextmanager
+def deferred(*names: str) -> Iterator[None]:
+    """Within the block, importing any of `names` (not imported yet) binds a stand-in."""
+    stand_ins = {name: _StandIn(name) for name in names if name not in sys.modules}
+    sys.modules.update(stand_ins)
+    try:
+        yield
+    finally:
+        for name, stand_in in stand_ins.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
