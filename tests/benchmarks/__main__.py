@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a ~1 minute smoke run: 1 s runs, no repeats")
     p.add_argument("--seconds", type=int, help="length of each wrk run (default 3)")
     p.add_argument("--repeats", type=int, help="wrk runs per figure, the median is reported (default 3)")
-    p.add_argument("--sighup-seconds", type=int, help="length of each SIGHUP run (default 10)")
+    p.add_argument("--sighup-seconds", type=int, help="length of each SIGHUP run (default 5)")
     p.add_argument("--startups", type=int, help="starts per server for the startup time (default 5)")
     p.add_argument(
         "--set",

@@ -87,19 +87,35 @@ def startup(fleet: Fleet, contenders: list[Contender], repeats: int) -> dict[str
     return results
 
 
-def under_sighup(server: Server, scripts: dict[str, Path], seconds: int) -> dict[str, wrk.Result]:
-    """The same load without, then with, a SIGHUP to the master every second."""
+def under_sighup(
+    server: Server, scripts: dict[str, Path], seconds: int, rounds: int
+) -> dict[str, wrk.Result]:
+    """The same load without, then with, a SIGHUP to the master every second, `rounds` times in
+    turn (so a drift of the machine's speed weighs on both alike); each kind's runs pooled."""
+    runs: dict[str, list[wrk.Result]] = {"steady": [], "sighup": []}
     load = SIGHUP_LOAD
-    steady = wrk.run(server.port, load.connections, seconds, scripts[load.script])
-    proc = wrk.start(server.port, load.connections, seconds, scripts[load.script])
-    hups = _hup_every_second(server, proc)
-    reloaded = wrk.finish(proc, seconds)
-    progress(
-        f"  sighup {server.name}: {steady.rate:,.0f}/s steady, {reloaded.rate:,.0f}/s with {hups} SIGHUPs, "
-        f"{reloaded.errors} errors"
+    for _ in range(rounds):
+        runs["steady"].append(wrk.run(server.port, load.connections, seconds, scripts[load.script]))
+        proc = wrk.start(server.port, load.connections, seconds, scripts[load.script])
+        hups = _hup_every_second(server, proc)
+        runs["sighup"].append(wrk.finish(proc, seconds))
+        progress(
+            f"  sighup {server.name}: {runs['steady'][-1].rate:,.0f}/s steady, "
+            f"{runs['sighup'][-1].rate:,.0f}/s with {hups} SIGHUPs, {runs['sighup'][-1].errors} errors"
+        )
+        _settle(server)
+    return {kind: _pooled(results) for kind, results in runs.items()}
+
+
+def _pooled(results: list[wrk.Result]) -> wrk.Result:
+    """Several runs of one load as one: requests, time and errors summed, the median p50."""
+    return wrk.Result(
+        requests=sum(r.requests for r in results),
+        seconds=sum(r.seconds for r in results),
+        p50_ms=statistics.median([r.p50_ms for r in results]),
+        socket_errors=sum(r.socket_errors for r in results),
+        http_errors=sum(r.http_errors for r in results),
     )
-    _settle(server)
-    return {"steady": steady, "sighup": reloaded}
 
 
 def _hup_every_second(server: Server, proc: subprocess.Popen[str]) -> int:

@@ -72,7 +72,7 @@ def _machine(results: Results) -> str:
         f"sockherd: {s.workers} workers, {keys}",
         f"gunicorn: -w{s.workers}, gthread with {GUNICORN_THREADS} threads per worker",
         f"each figure: the median of {s.repeats} wrk run(s) of {s.seconds} s "
-        f"(SIGHUP: one run of {s.sighup_seconds} s without, one with); "
+        f"(SIGHUP: {s.repeats} run(s) of {s.sighup_seconds} s without, each followed by one with, pooled); "
         "wrk uses 2 threads (1 for one connection) on the same cores as the servers",
     ]
     if spreads := _spreads(results):

@@ -28,7 +28,7 @@ class Settings:
 
     seconds: int = 3
     repeats: int = 3
-    sighup_seconds: int = 10
+    sighup_seconds: int = 5
     startups: int = 5
     workers: int = 2
     service_keys: dict[str, str] = field(
@@ -110,7 +110,9 @@ def _http(results: Results, workdir: Path, scripts: dict[str, Path]) -> None:
         results.memory["after load"] = measure.memory(servers)
         for server in servers:
             if server.name in SIGHUPPED:
-                results.sighup[server.name] = measure.under_sighup(server, scripts, settings.sighup_seconds)
+                results.sighup[server.name] = measure.under_sighup(
+                    server, scripts, settings.sighup_seconds, settings.repeats
+                )
 
 
 def _ready(fleet: contenders.Fleet, field_: list[Contender]) -> list[contenders.Server]:
