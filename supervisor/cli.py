@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from supervisor import __version__, boot, config, logview
+from supervisor import __version__, boot, config, logoptions
 from supervisor.errors import ConfigError, ExitCode
 from workers import logs
 
@@ -54,9 +54,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_logs_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`sockherd logs`: its options live with the command, in logview."""
+    """`sockherd logs`: its options live in logoptions."""
     text = "show the events of the log file (or the journal), filtered; -f follows across rotations"
-    logview.add_arguments(commands.add_parser("logs", help=text, description=text), DEFAULT_CONFIG)
+    logoptions.add_arguments(commands.add_parser("logs", help=text, description=text), DEFAULT_CONFIG)
 
 
 def _add_options(commands: dict[str, argparse.ArgumentParser]) -> None:
@@ -75,6 +75,8 @@ def _add_options(commands: dict[str, argparse.ArgumentParser]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "logs":
+        from supervisor import logview  # not needed by `run`, whose start-up time counts
+
         return logview.run(args)
     if args.command in ("run", "check"):
         return _run_or_check(args)

@@ -19,7 +19,6 @@ from datetime import datetime
 from supervisor.errors import SockherdError
 from supervisor.logfilter import Entry, parse_line
 
-DEFAULT_UNIT = "sockherd.service"
 _STOP_WAIT = 5.0  # seconds journalctl gets to exit after SIGTERM before it is killed
 
 

@@ -49,3 +49,23 @@ def test_from_import_inside_the_block() -> None:
         print(sleep is asyncio.sleep)
     """
     assert _run(code) == "True"
+
+
+def test_https_client_still_works_after_http_server() -> None:
+    """http.client's deferred ssl becomes the real one when a handler makes an HTTPS connection."""
+    code = """
+        import sys, workers.keepalive, http.client
+        print('ssl' in sys.modules)
+        connection = http.client.HTTPSConnection("localhost", 443)
+        print(type(connection.sock).__name__, 'ssl' in sys.modules)
+    """
+    assert _run(code).splitlines() == ["False", "NoneType True"]
+
+
+def test_run_imports_none_of_the_deferred() -> None:
+    """`sockherd run` starts without asyncio, ssl, uuid or the log viewer."""
+    code = """
+        import sys, supervisor.cli
+        print(sorted({"asyncio", "ssl", "uuid", "supervisor.logview"} & set(sys.modules)))
+    """
+    assert _run(code) == "[]"

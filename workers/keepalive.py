@@ -8,9 +8,11 @@ a worker that is still accepting. Nothing is lost: the client knows before it se
 
 from __future__ import annotations
 
-from http.server import BaseHTTPRequestHandler
-
+from workers.deferred import deferred
 from workers.loader import HandlerClass
+
+with deferred("ssl"):  # http.client's, for HTTPSConnection only: see workers.deferred
+    from http.server import BaseHTTPRequestHandler
 
 
 def close_when_draining(handler: HandlerClass) -> HandlerClass:

@@ -14,7 +14,7 @@ from typing import Any
 
 from workers.deferred import deferred
 
-with deferred("asyncio"):  # structlog's async methods only; see workers.deferred
+with deferred("asyncio", "uuid"):  # used only by structlog calls sockherd never makes
     import structlog
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
