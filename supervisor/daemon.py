@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-import daemon
-
 UMASK = 0o022  # python-daemon's default of 0 would leave sockets and logs world-writable
 
 
@@ -22,6 +20,8 @@ def detach(keep_fds: Iterable[int], log_fd: int) -> None:
     The working directory is kept (as gunicorn does): handler modules and relative paths given
     on the command line resolve as they did in the foreground.
     """
+    import daemon  # here: a start in the foreground, whose time counts, never needs it
+
     log = os.fdopen(log_fd, "ab", buffering=0, closefd=False)
     context = daemon.DaemonContext(
         working_directory=os.getcwd(),

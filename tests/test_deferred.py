@@ -63,9 +63,9 @@ def test_https_client_still_works_after_http_server() -> None:
 
 
 def test_run_imports_none_of_the_deferred() -> None:
-    """`sockherd run` starts without asyncio, ssl, uuid or the log viewer."""
+    """`sockherd run` starts without asyncio, ssl, uuid, the log viewer or python-daemon."""
     code = """
         import sys, supervisor.cli
-        print(sorted({"asyncio", "ssl", "uuid", "supervisor.logview"} & set(sys.modules)))
+        print(sorted({"asyncio", "ssl", "uuid", "supervisor.logview", "daemon"} & set(sys.modules)))
     """
     assert _run(code) == "[]"
