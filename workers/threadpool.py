@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import selectors
+import socket
 import socketserver
 import threading
 import time
-from socket import socket as Socket
 from typing import Any
 
+_Socket = socket.socket  # the class body below has an attribute named `socket`
 Request = tuple[Any, Any]  # (request, client_address), as get_request() returns it
 # Seconds a request may hold the lead before an idle thread takes it over. Each one is at most
 # that much latency for a connection arriving while a long request runs (a sibling worker that
@@ -45,7 +46,7 @@ class PoolMixIn(socketserver.BaseServer):
     otherwise, with `block_on_close`, `server_close()` waits for the requests in flight.
     """
 
-    socket: Socket  # the listener (the stdlib servers' attribute)
+    socket: _Socket  # the listener (the stdlib servers' attribute)
     threads = 16
     daemon_threads = False
     block_on_close = True
