@@ -39,10 +39,10 @@ class PoolMixIn(socketserver.BaseServer):
     two threads race for a connection; workers sharing the listener do, which is why a shared
     listener must be non-blocking (sockherd's are: supervisor.sockets).
 
-    serve_forever() still runs the stdlib's loop on the calling thread, for service_actions()
-    (heartbeats) and shutdown(); that loop waits on `fileno()`, a descriptor that becomes
-    readable only once the loop is over, not on the listener. shutdown() returns once no thread
-    accepts any more. The exit policy is ThreadingMixIn's: daemon threads die with the process;
+    serve_forever() keeps the calling thread going round once per poll interval, for
+    service_actions() (heartbeats), until shutdown(); unlike the stdlib's loop it never waits
+    for the listener, which the pool threads watch. shutdown() returns once no thread accepts
+    any more. The exit policy is ThreadingMixIn's: daemon threads die with the process;
     otherwise, with `block_on_close`, `server_close()` waits for the requests in flight.
     """
 
@@ -54,13 +54,18 @@ class PoolMixIn(socketserver.BaseServer):
     _stopping = False
     _failure: BaseException | None = None  # raised by the accept path of a pool thread
     _interval = 0.5
-    _stopped_fd = -1
 
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
-        self._interval = poll_interval
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stop_requested = threading.Event()
+        self._loop_ended = threading.Event()
         self._accepting = threading.Lock()  # held by the leader from waiting to verifying
         self._turns = Turns()
-        self._stopped_fd = os.eventfd(0)
+        self._stopped_fd = os.eventfd(0)  # readable once the pool stops: wakes the leader
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Start the pool, then call service_actions() every poll interval until shutdown()."""
+        self._interval = poll_interval
         self._pool = tuple(
             threading.Thread(target=self._follow, name=f"pool-{n}", daemon=self.daemon_threads)
             for n in range(self.threads)
@@ -68,19 +73,18 @@ class PoolMixIn(socketserver.BaseServer):
         for thread in self._pool:
             thread.start()
         try:
-            super().serve_forever(poll_interval)
+            while not self._stop_requested.wait(poll_interval):
+                self.service_actions()
         finally:
             self._stop()
-
-    def fileno(self) -> int:
-        # What the stdlib's loop waits on: readable only after that loop ended (pool threads
-        # accept, this loop only ticks), so it goes round once per poll interval.
-        return self._stopped_fd
+            self._loop_ended.set()
 
     def shutdown(self) -> None:
-        self._stopping = True  # from here on no thread starts to accept
-        super().shutdown()
-        with self._accepting:  # an accept in progress is over: none comes after shutdown() returns
+        """Stop accepting; return once serve_forever() ended and no thread accepts any more."""
+        self._stopping = True
+        self._stop_requested.set()
+        self._loop_ended.wait()
+        with self._accepting:  # an accept in progress is over: none comes after this returns
             pass
 
     def service_actions(self) -> None:
@@ -94,8 +98,8 @@ class PoolMixIn(socketserver.BaseServer):
             for thread in self._pool:
                 thread.join()
         super().server_close()
-        if self._stopped_fd >= 0:
-            os.close(self._stopped_fd)
+        if self._stopped_fd >= 0 and not any(thread.is_alive() for thread in self._pool):
+            os.close(self._stopped_fd)  # else daemon threads may still poll it: the exit closes it
             self._stopped_fd = -1
 
     def _stop(self) -> None:
