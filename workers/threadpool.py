@@ -170,8 +170,8 @@ class Turns:
     The leader keeps the lead while it serves. The deputy, the first idle thread in line, looks
     every HANDOVER whether the leader's request has run longer than that, and then takes over;
     the others wait until the deputy leads and one of them becomes the next deputy. A leader
-    that finished its request without being taken over leads on without touching a lock held
-    by anyone else, so quick requests cost no thread switch at all.
+    that finished its request without being taken over leads on, having taken only a lock
+    nobody else holds for more than a look: quick requests cost no thread switch at all.
     """
 
     def __init__(self) -> None:
