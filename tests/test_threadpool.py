@@ -167,3 +167,25 @@ class TestStop:
         finally:
             server.server_close()
         assert [str(exc) for exc in raised] == ["verify failed"]
+
+
+class TestTurns:
+    """The deputy takes the lead only from a leader that is serving, never from one that waits."""
+
+    def test_deputy_never_displaces_a_waiting_leader(self) -> None:
+        """After a takeover, the new leader keeps the lead while it waits, however long."""
+        turns = threadpool.Turns()
+        assert turns.wait_for_lead()  # nobody leads yet: this thread does
+        turns.serving()
+        second = threading.Thread(target=turns.wait_for_lead)  # the deputy: takes over this request
+        second.start()
+        second.join(DEADLINE)
+        third = threading.Thread(target=turns.wait_for_lead)  # the next deputy
+        third.start()
+        try:
+            third.join(50 * threadpool.HANDOVER)  # while the first request still runs
+            assert third.is_alive(), "the deputy took the lead from a leader that was not serving"
+            assert not turns.served()  # the first thread no longer leads
+        finally:
+            turns.stop()
+            third.join(DEADLINE)

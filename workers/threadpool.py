@@ -180,7 +180,7 @@ class Turns:
         self._watch = threading.Condition(lock)  # the deputy, woken when a request ends its doze
         self.leader: int | None = None  # thread ident
         self.deputy: int | None = None
-        self.since = 0.0  # when the leader's request started; 0: it is not serving
+        self.since = 0.0  # when the current leader's request started; 0: it is not serving
         self.last = 0.0  # when the last request started
         self.dozing = False  # the deputy waits for a request instead of looking every HANDOVER
         self.stopped = False
@@ -206,10 +206,11 @@ class Turns:
 
     def served(self) -> bool:
         """The leader's request is done; whether it still leads (nobody took over meanwhile)."""
-        me = threading.get_ident()
         with self._line:
+            if self.leader != threading.get_ident():
+                return False  # `since` is the new leader's now
             self.since = 0.0
-            return self.leader == me
+            return True
 
     def stop(self) -> None:
         with self._line:
@@ -222,6 +223,7 @@ class Turns:
 
     def _take_lead(self, me: int) -> None:
         self.leader = me
+        self.since = 0.0  # the previous leader's request is no concern of the next deputy
         if self.deputy == me:
             self.deputy = None
             self._line.notify()  # the next in line becomes the deputy
