@@ -127,3 +127,24 @@ class TestPool:
         assert "RuntimeError: boom" in daemon.wait_for("handler_error")["exception"]
         assert ask(daemon.address("svc"), b"pid\n").split()[0] == str(worker).encode()
         assert not daemon.events("worker_exited")
+
+
+class TestLeaderFollower:
+    """The pool's threads accept for themselves: only an idle one does, and a stop reaches them all."""
+
+    def test_busy_worker_leaves_connections_to_its_sibling(self, sockherd: Launcher, tmp_path: Path) -> None:
+        """With its only thread busy, a worker accepts nothing: its sibling answers every request."""
+        daemon = sockherd.start({"svc": pool(1, workers=2, daemon_threads=True)})
+        with in_flight(daemon, tmp_path / "started", 60):
+            pids = {ask(daemon.address("svc"), b"pid\n").split()[0] for _ in range(10)}
+        assert len(pids) == 1 and int(pids.pop()) in daemon.workers("svc")
+
+    def test_idle_pool_stops_at_once(self, sockherd: Launcher) -> None:
+        """SIGTERM reaches pool threads waiting for connections: the worker drains and exits 0."""
+        daemon = sockherd.start({"svc": pool(4)}, graceful_timeout=60)
+        [worker] = daemon.workers("svc")
+        ask(daemon.address("svc"), b"pid\n")  # answered: the pool threads have started
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait_exit() == 0
+        assert daemon.events("worker_stopped", pid=worker)
+        assert not daemon.events("graceful_timeout_expired")

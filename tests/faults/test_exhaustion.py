@@ -35,10 +35,11 @@ def idle_clients(address: tuple[str, int], count: int) -> Iterator[socket.socket
         yield socket.create_connection(address, timeout=5)
 
 
-@pytest.fixture
-def starved(sockherd: Launcher) -> Daemon:
-    """A one-worker echo service whose worker may open HEADROOM more descriptors than it has."""
-    daemon = sockherd.start({"svc": service()}, log_level="info")
+@pytest.fixture(params=["thread", "pool"])
+def starved(sockherd: Launcher, request: pytest.FixtureRequest) -> Daemon:
+    """A one-worker echo service whose worker may open HEADROOM more descriptors than it has;
+    with "pool" its threads accept for themselves (workers.threadpool)."""
+    daemon = sockherd.start({"svc": service(concurrency=request.param)}, log_level="info")
     worker = psutil.Process(daemon.workers("svc")[0])
     limit = worker.num_fds() + HEADROOM
     worker.rlimit(psutil.RLIMIT_NOFILE, (limit, limit))  # prlimit(2): as a low `ulimit -n` would
