@@ -29,7 +29,7 @@ from workers import logs
 _OUTCOMES_KEPT = 16  # a control client waiting on an older attempt has long gone
 
 
-@dataclass
+@dataclass(eq=False)
 class Reload:
     """A reload under way: the candidate generation, and the listeners bound for it alone."""
 

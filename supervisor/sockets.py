@@ -22,7 +22,7 @@ from supervisor.errors import BindError
 from workers.balance import Board
 
 
-@dataclass
+@dataclass(eq=False)
 class Listener:
     """A bound socket of one service, and the socket file it created, if any."""
 

@@ -35,7 +35,7 @@ _TRANSITIONS = {
 GONE = (WorkerState.RETIRING, WorkerState.STOPPING)  # no longer fill their slot
 
 
-@dataclass
+@dataclass(eq=False)  # a worker is itself, whatever its fields say
 class Worker:
     pid: int
     service: str
@@ -71,7 +71,7 @@ class Worker:
         }
 
 
-@dataclass
+@dataclass(eq=False)
 class Slot:
     failures: int = 0
     not_before: float = 0.0
@@ -84,7 +84,7 @@ class Slot:
         return wait
 
 
-@dataclass
+@dataclass(eq=False)
 class Generation:
     """The config, listeners and worker counts that one generation of workers runs with."""
 

@@ -36,7 +36,7 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 _SIGNALS = (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class WorkerSpec:
     """Everything a worker needs, in plain values: workers never import the master's config."""
 
