@@ -104,7 +104,7 @@ class Master:
         # (a full collection took the master's USS from 1.4 to 8.7 MiB). Only once: frozen objects
         # are left to reference counting, so a freeze at every fork would keep each reload's
         # garbage cycles for ever. The warm-up first: what it writes is then shared too.
-        prewarm.http_request_path()
+        prewarm.request_path()
         gc.freeze()
         try:
             self._tick(time.monotonic())

@@ -1,9 +1,11 @@
-"""The master runs http.server's request path before forking, so its workers share the result."""
+"""The master runs a worker's request path before forking, so its workers share the result."""
 
 from __future__ import annotations
 
 import dis
 import http.client
+import socketserver
+import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -43,15 +45,27 @@ def _quickened(function: Callable[..., Any]) -> bool:
 
 
 def test_request_path_is_quickened() -> None:
-    """After the warm-up, http.server's request functions run as quickened bytecode."""
-    prewarm.http_request_path()
-    functions = (BaseHTTPRequestHandler.parse_request, BaseHTTPRequestHandler.send_header)
+    """After the warm-up, http.server's and socketserver's request functions run quickened."""
+    prewarm.request_path()
+    functions = (
+        BaseHTTPRequestHandler.parse_request,
+        BaseHTTPRequestHandler.send_header,
+        socketserver.ThreadingMixIn.process_request,
+        threading.Thread.start,
+    )
     assert all(_quickened(function) for function in functions)
+
+
+def test_no_thread_outlives_the_warm_up() -> None:
+    """Every handler thread of the warm-up has ended when it returns: the master forks alone."""
+    before = threading.enumerate()
+    prewarm.request_path()
+    assert threading.enumerate() == before
 
 
 def test_warm_up_writes_nothing(capfd: pytest.CaptureFixture[str]) -> None:
     """The warm-up's requests leave no trace on the master's output."""
-    prewarm.http_request_path()
+    prewarm.request_path()
     assert capfd.readouterr() == ("", "")
 
 
