@@ -6,9 +6,9 @@ the code object. A function that first runs in a worker is written there, in eve
 gets a private copy of every page such a code object lies on, and once every worker has its own
 copy, the master's page is private too. Over http.server's request path (parsing with the email
 package, the response helpers), socketserver's threading server and threading's thread start,
-that came to about 1.1 MiB of a tree with 2 workers after load (16.0 -> 14.9 MiB, the median of
-5 runs). Serving a few connections in the master before the first fork quickens that code once,
-in pages the workers then share and no longer write.
+that came to 0.4-1.1 MiB of a tree with 2 workers after load (README, "Memory"). Serving a few
+connections in the master before the first fork quickens that code once, in pages the workers
+then share and no longer write.
 
 Only the standard library and sockherd's own server classes run, with a handler of ours, over
 socketpairs. The configured handlers stay out of the master, which never imports them. The
