@@ -23,7 +23,7 @@ from supervisor.pool import Pool
 from supervisor.reap import ExitStatus, become_subreaper, reap
 from supervisor.sockets import Listener
 from supervisor.worker import Generation, Worker
-from workers import logs
+from workers import logs, prewarm
 from workers.wakeup import SignalQueue
 
 if TYPE_CHECKING:
@@ -103,7 +103,8 @@ class Master:
         # out of the master's collections, whose writes would copy every page the workers share
         # (a full collection took the master's USS from 1.4 to 8.7 MiB). Only once: frozen objects
         # are left to reference counting, so a freeze at every fork would keep each reload's
-        # garbage cycles for ever.
+        # garbage cycles for ever. The warm-up first: what it writes is then shared too.
+        prewarm.request_path()
         gc.freeze()
         try:
             self._tick(time.monotonic())
