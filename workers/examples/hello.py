@@ -12,6 +12,9 @@ class HelloHandler(BaseHTTPRequestHandler):
     """Answer every GET with a short text body over HTTP/1.1 keep-alive."""
 
     protocol_version = "HTTP/1.1"
+    # Buffer the response (StreamRequestHandler's default, 0, writes each piece as it comes): the
+    # headers and the body leave in one send, one packet, when http.server flushes after do_GET.
+    wbufsize = -1
 
     def do_GET(self) -> None:
         self.send_response(200)
