@@ -3,7 +3,7 @@
 structlog imports asyncio (which brings ssl, subprocess and concurrent.futures) for its async
 logging methods alone, and uuid for its deprecated thread-local contexts; http.server imports
 http.client, which imports ssl for HTTPSConnection. sockherd never calls the first two, and a
-handler seldom the third, but every start would pay for those imports: a third of the time to
+handler seldom the third, but every start would pay for those imports: a quarter of the time to
 the first answer. Inside `deferred("asyncio")`, an `import asyncio` binds a stand-in that
 imports the real module the first time an attribute of it is read; afterwards the stand-in
 leaves `sys.modules`, so any later `import asyncio` (a handler's, say) is an ordinary import of
