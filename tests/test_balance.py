@@ -55,6 +55,12 @@ def gated_events(daemon: Daemon, pids: set[int]) -> list[dict[str, Any]]:
     return [e for e in daemon.events("accepted_anyway") if e["pid"] in pids]
 
 
+def gates(count: int) -> list[Gate]:
+    """The gates of `count` workers sharing one new board."""
+    board = Board()
+    return [Gate(board, board.take() or 0) for _ in range(count)]
+
+
 @pytest.fixture
 def listener() -> Iterator[socket.socket]:
     with socket.create_server(("127.0.0.1", 0)) as sock:
@@ -67,31 +73,27 @@ class TestGate:
 
     def test_lone_worker_always_accepts(self, listener: socket.socket) -> None:
         """A worker alone on its board never waits, whatever it holds."""
-        board = Board()
-        gate = Gate(board, board.take() or 0)
+        [gate] = gates(1)
         for _ in range(5):
             gate.opened()
         assert gate.wait_turn(listener)
 
     def test_leaves_a_connection_to_a_sibling_behind(self, listener: socket.socket) -> None:
         """Two connections ahead of a sibling, a worker leaves a connection to it (gone: taken)."""
-        board = Board()
-        gate, _sibling = Gate(board, board.take() or 0), Gate(board, board.take() or 0)
+        gate, _sibling = gates(2)
         gate.opened()
         gate.opened()
         assert not gate.wait_turn(listener)  # nothing queued: as if the sibling took it
 
     def test_one_connection_ahead_still_accepts(self, listener: socket.socket) -> None:
         """One connection more than the least loaded sibling is still a fair share."""
-        board = Board()
-        gate, _sibling = Gate(board, board.take() or 0), Gate(board, board.take() or 0)
+        gate, _sibling = gates(2)
         gate.opened()
         assert gate.wait_turn(listener)
 
     def test_unresponsive_sibling_is_waited_for_once(self, listener: socket.socket) -> None:
         """A sibling that lets a queued connection wait is skipped until its count changes."""
-        board = Board()
-        gate, sibling = Gate(board, board.take() or 0), Gate(board, board.take() or 0)
+        gate, sibling = gates(2)
         gate.opened()
         gate.opened()
         with socket.create_connection(listener.getsockname()):
@@ -103,13 +105,12 @@ class TestGate:
 
     def test_draining_sibling_is_not_waited_for(self, listener: socket.socket) -> None:
         """A sibling that stopped accepting (draining) leaves the board: nobody waits for it."""
-        board = Board()
-        gate, sibling = Gate(board, board.take() or 0), Gate(board, board.take() or 0)
+        gate, sibling = gates(2)
         for _ in range(3):
             gate.opened()
         sibling.leave()
         sibling.closed()  # a connection it still drains: no count of its own shows up again
-        assert board.read()[sibling.cell][0] == ABSENT and not gate.behind()
+        assert gate.board.read()[sibling.cell][0] == ABSENT and not gate.behind()
 
     def test_freed_cell_is_reused_empty(self) -> None:
         """The cell of a reaped worker goes to the next worker, marked absent until it serves."""
