@@ -33,7 +33,7 @@ class Listener:
     passed: bool = False  # handed over by systemd: never bound, unlinked or shut down by us
     # The connection counts of the workers sharing the socket (workers.balance), made by the pool
     # for their first: it lives as long as the socket, across reloads that keep the socket.
-    board: Board | None = field(default=None, repr=False, compare=False)
+    board: Board | None = field(default=None, repr=False)
 
     @property
     def address(self) -> str:

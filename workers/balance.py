@@ -80,7 +80,8 @@ class Gate:
     """One worker's cell on a board: counts the worker's open connections there and tells its
     serving loop when to leave a new connection to a sibling.
 
-    `opened` runs in the serving thread, `closed` in the thread that served the connection.
+    `opened` runs in the thread that accepted the connection (the serving loop's, or a pool's
+    leader), `closed` in the thread that served it.
     """
 
     def __init__(self, board: Board, cell: int) -> None:
