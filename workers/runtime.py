@@ -93,7 +93,8 @@ def worker_main(spec: WorkerSpec) -> int:
     if spec.concurrency == "fork":  # request children hold the connections; the worker closed its copies
         monitor.open_requests = lambda: len(server.active_children or ())  # type: ignore[attr-defined]
     if spec.board is not None:  # from here on siblings count on this worker to accept
-        server.gate = Gate(spec.board, spec.cell)
+        server.gate = gate = Gate(spec.board, spec.cell)
+        monitor.open_requests = lambda: gate.open  # the count the siblings see, kept under a lock
     return Worker(spec, server, signals).run()
 
 
