@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 # sun_path holds 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 107
 
 
-@dataclass(frozen=True)
-class InetAddress:
+class InetAddress(NamedTuple):
     host: str
     port: int
 
@@ -28,8 +27,7 @@ class InetAddress:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class UnixAddress:
+class UnixAddress(NamedTuple):
     path: Path
 
     def __str__(self) -> str:

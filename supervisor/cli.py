@@ -8,7 +8,6 @@ log file (or the journal).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,7 +103,7 @@ def _run_or_check(args: argparse.Namespace) -> int:
         print(f"{args.config}: ok ({len(loaded.services)} services)")
         return ExitCode.OK
     # Problems name the file as given; a reload re-reads it by its absolute path, whatever the cwd.
-    loaded = dataclasses.replace(loaded, path=args.config.absolute())
+    loaded = loaded._replace(path=args.config.absolute())
     log_fd = 2
     if args.daemon and not loaded.supervisor.log_file:
         print(

@@ -10,8 +10,8 @@ import enum
 import os
 import re
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from supervisor import addresses, checks, privileges
 from supervisor.control import CONTROL_SOCKET
@@ -49,8 +49,7 @@ MAX_BACKLOG = 2**31 - 1  # what listen() takes; the kernel caps it at net.core.s
 MAX_PACKET_SIZE = 2**24
 
 
-@dataclass(frozen=True)
-class ServiceConfig:
+class ServiceConfig(NamedTuple):
     name: str
     protocol: Protocol
     listen: addresses.Address
@@ -72,8 +71,7 @@ class ServiceConfig:
     max_rss: int = 0
 
 
-@dataclass(frozen=True)
-class SupervisorConfig:
+class SupervisorConfig(NamedTuple):
     runtime_dir: Path
     graceful_timeout: float = 30.0
     log_level: str = "info"
@@ -83,8 +81,7 @@ class SupervisorConfig:
     identity: Identity | None = None  # from user and group: who workers become; None: stay root
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     path: Path
     supervisor: SupervisorConfig
     services: tuple[ServiceConfig, ...]

@@ -12,7 +12,6 @@ import selectors
 import signal
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from typing import Any
 
 from supervisor.config import ServiceConfig
@@ -116,7 +115,7 @@ class Pool:
         listener = generation.listeners[service.name]
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         board, cell = self._seat(service, listener)
-        spec = replace(self._spec(generation, service, index, write_fd), board=board, cell=cell)
+        spec = self._spec(generation, service, index, write_fd)._replace(board=board, cell=cell)
         try:
             pid = fork_worker(spec, self.master_signals)
         except OSError:

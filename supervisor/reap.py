@@ -6,13 +6,12 @@ import ctypes
 import os
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-@dataclass(frozen=True)
-class ExitStatus:
+class ExitStatus(NamedTuple):
     """How a child ended: an exit code or a signal. Prints like "exited with signal 9 (SIGKILL)"."""
 
     pid: int

@@ -10,15 +10,14 @@ SECBIT_NO_SETUID_FIXUP) is refused just like one whose setuid failed.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class PrivilegeError(Exception):
     """The switch to the configured user and group failed or did not stick; never serve then."""
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     """Who workers run as, resolved by the master from [supervisor] user and group."""
 
     user: str

@@ -19,8 +19,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from workers import channel, logs, output
 from workers.balance import Board, Gate
@@ -36,8 +36,7 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 _SIGNALS = (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1)
 
 
-@dataclass(frozen=True, eq=False)
-class WorkerSpec:
+class WorkerSpec(NamedTuple):
     """Everything a worker needs, in plain values: workers never import the master's config."""
 
     service: str

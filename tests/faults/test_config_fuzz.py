@@ -13,7 +13,6 @@ fit in seconds; the mutated files go through the real probe.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import io
 import json
@@ -31,8 +30,8 @@ from tests.conftest import TESTS_DIR, render_config, service
 
 pytestmark = pytest.mark.faults
 
-SERVICE_KEYS = sorted(f.name for f in dataclasses.fields(config.ServiceConfig) if f.name != "name")
-SUPERVISOR_KEYS = sorted({f.name for f in dataclasses.fields(config.SupervisorConfig)} - {"identity"})
+SERVICE_KEYS = sorted(name for name in config.ServiceConfig._fields if name != "name")
+SUPERVISOR_KEYS = sorted(set(config.SupervisorConfig._fields) - {"identity"})
 SUPERVISOR_KEYS += ["user", "group"]
 # Strings that mean something to some key, so random documents reach the checks behind the types.
 MEANINGFUL = [
