@@ -5,7 +5,6 @@ Each problem becomes one line: "FILE: KEY.PATH: what is wrong (and the fix)".
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Sequence
 from typing import Any, NoReturn, TypeVar
@@ -158,6 +157,8 @@ class Table:
 
     def finish(self) -> None:
         """Report every key that nothing read, suggesting the closest known one."""
+        import difflib  # here: only a config with a stray key needs it, and every start would pay
+
         for key in sorted(self.data.keys() - self.known):
             close = difflib.get_close_matches(key, self.known, n=1)
             hint = f' (did you mean "{close[0]}"?)' if close else ""

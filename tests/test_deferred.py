@@ -39,6 +39,23 @@ def test_structlog_async_method_works() -> None:
     assert "hello_async" in _run(code)
 
 
+def test_structlog_stdlib_bridge_works() -> None:
+    """structlog's bridge to the standard library's logging, deferred with logging itself, still
+    works when a handler uses it; `logging` is then the real module, wherever it was bound."""
+    code = """
+        import io, sys, workers.logs, structlog, structlog.processors as processors
+        print('logging' in sys.modules, 'structlog.stdlib' in sys.modules)
+        import logging
+        stream = io.StringIO()
+        logging.basicConfig(stream=stream, level=logging.INFO, format="%(message)s")
+        structlog.configure(logger_factory=structlog.stdlib.LoggerFactory())
+        structlog.get_logger("h").info("hello_stdlib")
+        print(type(logging).__name__, processors.logging.getLogger is logging.getLogger)
+        print("hello_stdlib" in stream.getvalue())
+    """
+    assert _run(code).splitlines() == ["False False", "module True", "True"]
+
+
 def test_from_import_inside_the_block() -> None:
     """A `from asyncio import ...` inside the block gets the real object, not the stand-in."""
     code = """
@@ -63,9 +80,10 @@ def test_https_client_still_works_after_http_server() -> None:
 
 
 def test_run_imports_none_of_the_deferred() -> None:
-    """`sockherd run` starts without asyncio, ssl, uuid, the log viewer or python-daemon."""
+    """`sockherd run` starts without asyncio, ssl, uuid, logging, the log viewer or python-daemon."""
     code = """
         import sys, supervisor.cli
-        print(sorted({"asyncio", "ssl", "uuid", "supervisor.logview", "daemon"} & set(sys.modules)))
+        deferred = {"asyncio", "ssl", "uuid", "logging", "supervisor.logview", "daemon"}
+        print(sorted(deferred & set(sys.modules)))
     """
     assert _run(code) == "[]"

@@ -1,13 +1,14 @@
 """Import a module without the standard modules it imports only for calls rarely made.
 
 structlog imports asyncio (which brings ssl, subprocess and concurrent.futures) for its async
-logging methods alone, and uuid for its deprecated thread-local contexts; http.server imports
-http.client, which imports ssl for HTTPSConnection. sockherd never calls the first two, and a
-handler seldom the third, but every start would pay for those imports: a quarter of the time to
-the first answer. Inside `deferred("asyncio")`, an `import asyncio` binds a stand-in that
-imports the real module the first time an attribute of it is read; afterwards the stand-in
-leaves `sys.modules`, so any later `import asyncio` (a handler's, say) is an ordinary import of
-the one real module, which the stand-in then also leads to.
+logging methods alone, uuid for its deprecated thread-local contexts, and the standard library's
+logging for its bridge to it (structlog.stdlib), which sockherd does not use; http.server imports
+http.client, which imports ssl for HTTPSConnection. sockherd makes none of those structlog
+calls, and a handler seldom an HTTPS connection, but every start would pay for those imports:
+a quarter of the time to the first answer. Inside `deferred("asyncio")`, an `import asyncio`
+binds a stand-in that imports the real module the first time an attribute of it is read;
+afterwards the stand-in leaves `sys.modules`, so any later `import asyncio` (a handler's, say)
+is an ordinary import of the one real module, which the stand-in then also leads to.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ from typing import Any
 
 from workers.deferred import deferred
 
-with deferred("asyncio", "uuid"):  # used only by structlog calls sockherd never makes
+# Used only by structlog calls sockherd never makes: its async methods (asyncio), thread-local
+# contexts (uuid) and its bridge to the standard library's logging (structlog.stdlib, logging).
+with deferred("asyncio", "uuid", "logging", "structlog.stdlib"):
     import structlog
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
