@@ -16,6 +16,7 @@ from typing import NamedTuple
 from supervisor import addresses, checks, privileges
 from supervisor.control import CONTROL_SOCKET
 from supervisor.table import NUL_IN_PATH, Problems, Table
+from workers.logs import LEVELS
 from workers.privileges import Identity
 
 
@@ -41,7 +42,7 @@ class Concurrency(enum.StrEnum):
     SYNC = "sync"
 
 
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_LEVELS = tuple(LEVELS)
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HANDLER = re.compile(r"[\w.]+:\w+")
 MAX_BACKLOG = 2**31 - 1  # what listen() takes; the kernel caps it at net.core.somaxconn anyway
