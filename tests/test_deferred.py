@@ -1,4 +1,5 @@
-"""workers.deferred: structlog is imported without asyncio, which still works when used."""
+"""workers.deferred: structlog and http.server are imported without the modules they import
+for calls sockherd never makes, and those still work when used."""
 
 from __future__ import annotations
 
@@ -80,10 +81,12 @@ def test_https_client_still_works_after_http_server() -> None:
 
 
 def test_run_imports_none_of_the_deferred() -> None:
-    """`sockherd run` starts without asyncio, ssl, uuid, logging, the log viewer or python-daemon."""
+    """`sockherd run` starts without asyncio, ssl, uuid, logging and structlog's bridge to it,
+    difflib, the log viewer or python-daemon."""
     code = """
         import sys, supervisor.cli
-        deferred = {"asyncio", "ssl", "uuid", "logging", "supervisor.logview", "daemon"}
+        deferred = {"asyncio", "ssl", "uuid", "logging", "structlog.stdlib", "difflib"}
+        deferred |= {"supervisor.logview", "daemon"}
         print(sorted(deferred & set(sys.modules)))
     """
     assert _run(code) == "[]"

@@ -1,4 +1,4 @@
-"""Import a module without the standard modules it imports only for calls rarely made.
+"""Import a module without the modules it imports only for calls rarely made.
 
 structlog imports asyncio (which brings ssl, subprocess and concurrent.futures) for its async
 logging methods alone, uuid for its deprecated thread-local contexts, and the standard library's
