@@ -11,7 +11,7 @@ from pathlib import Path
 
 from supervisor import control, daemon, pidfile, privileges, systemd
 from supervisor.config import Config
-from supervisor.errors import ExitCode, SockherdError
+from supervisor.errors import ConfigError, ExitCode, SockherdError
 from supervisor.master import Master
 from supervisor.sockets import Listener, bind_all
 from workers import logs
@@ -40,6 +40,8 @@ def run(config: Config, log_fd: int = 2, pid_path: Path | None = None, detach: b
             logs.configure(config.supervisor.log_level, fd=log_fd, role="master")
         pidfile.acquire(pid_path)
         return Master(config, listeners, pid_path, log_fd).run()
+    except ConfigError:
+        raise  # the first workers found the config at fault: the caller reports it as `check` would
     except (OSError, SockherdError) as exc:
         log.critical("start_failed", error=str(exc))
         return ExitCode.FAILURE

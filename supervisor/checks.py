@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from supervisor import addresses
 from supervisor.probe import probe_handlers
 from supervisor.table import Problems
+from workers.loader import PATH_HINT, family_problem
 from workers.privileges import PrivilegeError
 
 if TYPE_CHECKING:  # config imports this module
@@ -44,12 +45,8 @@ def handlers(
         verdict = verdicts[service.handler]
         key = f"services.{service.name}.handler"
         if verdict["error"]:
-            problems.add(key, f"{verdict['error']} (check the module path and [supervisor] pythonpath)")
-        elif valid and verdict["kind"] == "stream" and not service.protocol.is_stream:
-            problems.add(key, _wrong_family("StreamRequestHandler", service, "DatagramRequestHandler"))
-        elif valid and verdict["kind"] == "datagram" and service.protocol.is_stream:
-            problems.add(key, _wrong_family("DatagramRequestHandler", service, "StreamRequestHandler"))
-
-
-def _wrong_family(kind: str, service: ServiceConfig, instead: str) -> str:
-    return f'a {kind} cannot serve protocol = "{service.protocol}" (use a {instead} or BaseRequestHandler)'
+            problems.add(key, f"{verdict['error']} ({PATH_HINT})")
+        elif valid and verdict["kind"]:
+            protocol = service.protocol
+            if wrong := family_problem(verdict["kind"], str(protocol), protocol.is_stream):
+                problems.add(key, wrong)

@@ -94,8 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_or_check(args: argparse.Namespace) -> int:
+    # `check` imports the handlers in a probe, and so does `run --daemon` before it detaches,
+    # to report a bad one on the terminal. In the foreground the first workers' boot is that
+    # check: a start without the probe's fork and wait is faster (README, "Start-up").
+    probe = args.command == "check" or args.daemon
     try:
-        loaded = config.load(args.config)
+        loaded = config.load(args.config, import_handlers=probe)
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return ExitCode.CONFIG
@@ -123,4 +127,8 @@ def _run_or_check(args: argparse.Namespace) -> int:
             return ExitCode.FAILURE
     # A daemon reports start-up failures on the terminal; it logs to the file once detached.
     logs.configure(loaded.supervisor.log_level, fd=2 if args.daemon else log_fd, role="master")
-    return boot.run(loaded, log_fd, args.pidfile, detach=args.daemon)
+    try:
+        return boot.run(loaded, log_fd, args.pidfile, detach=args.daemon)
+    except ConfigError as exc:  # a worker of the first generation found it (see above)
+        print("\n".join(exc.problems), file=sys.stderr)
+        return ExitCode.CONFIG

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 from supervisor import health, privileges, reload, status, systemd
 from supervisor.config import Config
 from supervisor.control import CONTROL_SOCKET, CommandError, ControlServer
-from supervisor.errors import ExitCode
+from supervisor.errors import ConfigError, ExitCode
 from supervisor.pool import Pool
 from supervisor.reap import ExitStatus, become_subreaper, reap
 from supervisor.sockets import Listener
+from supervisor.table import Problems
 from supervisor.worker import Generation, Worker
 from workers import logs, prewarm
 from workers.wakeup import SignalQueue
@@ -80,6 +81,7 @@ class Master:
         self.notifier = systemd.Notifier.from_environment(self.log)  # before any worker is forked
         self.reloader = reload.Reloader(self.pool, log_fd, f"see {pid_path}", self.notifier)
         self.announced_ready = False
+        self.start_problems = Problems(str(config.path))  # the config, as the first workers found it
         self.started = time.time()
         control_path = config.supervisor.runtime_dir / CONTROL_SOCKET
         self.control = ControlServer(control_path, self.selector, self, self.log)
@@ -119,6 +121,9 @@ class Master:
         finally:
             self._close()
         self.log.info("stopped")
+        if self.start_problems:
+            self.log.critical("start_failed", problems=self.start_problems.lines)
+            raise ConfigError(self.start_problems.lines)
         return ExitCode.OK
 
     def _wait(self) -> list[selectors.SelectorKey]:
@@ -162,11 +167,22 @@ class Master:
             self.log.warning("signal_ignored", signal=signum.name)
 
     def _on_exit(self, status: ExitStatus) -> None:
-        worker = self.pool.on_exit(status, replace=self.state in (State.RUNNING, State.RELOADING))
+        replace = self.state in (State.RUNNING, State.RELOADING)
+        worker = self.pool.on_exit(status, replace=replace, starting=not self.announced_ready)
         if worker is None:
             self.log.debug("child_reaped", child_pid=status.pid, status=str(status))
+        elif worker.problem and worker.generation == 1 and not self.announced_ready:
+            self._start_failed(*worker.problem)
         else:
             self.reloader.on_exit(worker, status)
+
+    def _start_failed(self, key: str, problem: str) -> None:
+        """A worker of the first generation found the config at fault (its handler, its user):
+        nothing has been ready yet, so sockherd stops, and exits 2 naming every such problem
+        reported by the time the other workers are gone."""
+        self.start_problems.add(key, problem)  # once: the workers of a service say the same
+        if self.state in (State.RUNNING, State.RELOADING):
+            self._drain(reason="start_failed")
 
     def _reopen_logs(self) -> bool:
         """Reopen the log file here and in every worker (logrotate's postrotate sends SIGUSR1)."""

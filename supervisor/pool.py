@@ -182,12 +182,13 @@ class Pool:
             lifeline_fd=self.lifeline_fd,
         )
 
-    def on_readable(self, worker: Worker) -> None:
-        """Read what a worker sent; the pipe's end only means the worker is exiting."""
+    def on_readable(self, worker: Worker) -> bool:
+        """Read what a worker sent; the pipe's end only means the worker is exiting. Return
+        whether there was anything to read."""
         try:
             data = os.read(worker.channel_fd, 4096)
         except BlockingIOError:
-            return
+            return False
         if not data:
             self._close_channel(worker)
         worker.last_seen = time.monotonic()
@@ -198,6 +199,9 @@ class Pool:
                 worker.move_to(WorkerState.READY)
             elif message["message"] == "retire":
                 self.retire(worker, message.get("reason", "asked"))
+            elif message["message"] == "boot_failed":
+                worker.problem = (str(message.get("key")), str(message.get("problem")))
+        return bool(data)
 
     def retire(self, worker: Worker, reason: str, **fields: Any) -> None:
         """Replace a serving worker gracefully: it serves on until its replacement is ready."""
@@ -213,11 +217,16 @@ class Pool:
             os.close(worker.channel_fd)
             worker.channel_fd = -1
 
-    def on_exit(self, status: ExitStatus, *, replace: bool) -> Worker | None:
-        """Account for a reaped child; return the worker it was, or None if it was not ours."""
+    def on_exit(self, status: ExitStatus, *, replace: bool, starting: bool = False) -> Worker | None:
+        """Account for a reaped child; return the worker it was, or None if it was not ours.
+
+        While `starting` (the first generation was never all ready), a worker whose boot found
+        the config at fault is not replaced: the start fails instead."""
         worker = self.workers.pop(status.pid, None)
         if worker is None:
             return None
+        while worker.channel_fd >= 0 and self.on_readable(worker):
+            pass  # what it wrote just before exiting (boot_failed) may not have been read yet
         self._close_channel(worker)
         if worker.board:
             worker.board.free(worker.cell)
@@ -232,6 +241,7 @@ class Pool:
             uptime=round(uptime, 3),
             state=worker.state.value,
         )
+        replace = replace and not (starting and worker.problem)
         if replace and worker.generation == self.current.number and worker.state is not WorkerState.STOPPING:
             self.schedule(worker, failed=worker.state is WorkerState.BOOTING or uptime < MIN_UPTIME)
         return worker

@@ -1,5 +1,8 @@
 """Check that handlers import, in a child process so the master never imports handler code.
 
+`sockherd check`, `run --daemon` (before detaching) and reloads probe; a foreground `run` does
+not: its first workers' boot is the check (workers.runtime.boot reports the key at fault).
+
 `probe_handlers` forks a child (through spawn, the master's fork site) that imports each handler
 and writes {handler: {"kind": ..., "error": ...}} as JSON on a pipe, then exits. `kind` is
 "stream", "datagram" or "base", the request-handler family the class belongs to.

@@ -34,7 +34,9 @@ class Problems:
     def add(self, key: str, message: str) -> None:
         line = f"{self.filename}: {key}: {message}" if key else f"{self.filename}: {message}"
         # One line per problem even when a value holds a newline: show control characters escaped.
-        self.lines.append("".join(c if c.isprintable() else repr(c)[1:-1] for c in line))
+        line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+        if line not in self.lines:  # a problem found twice is still one problem
+            self.lines.append(line)
 
     def raise_now(self, message: str) -> NoReturn:
         self.add("", message)

@@ -55,6 +55,7 @@ class Worker:
     reader: channel.Reader = field(default_factory=channel.Reader)
     board: Board | None = field(default=None, repr=False)  # where it counts its connections
     cell: int = 0  # its cell on `board`, freed when it is reaped
+    problem: tuple[str, str] | None = None  # (config key, why): what made its boot fail, if it says
 
     def move_to(self, state: WorkerState) -> None:
         if state not in _TRANSITIONS[self.state]:

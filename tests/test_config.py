@@ -841,8 +841,9 @@ class TestRunRefusesInvalidConfigs:
         assert not (tmp_path / "run" / "sockherd.pid").exists()
         assert not (tmp_path / "run").exists()
 
-    def test_run_checks_handlers_before_binding(self, sockherd: Launcher, tmp_path: Path) -> None:
-        """With its port taken and a bad handler, run reports the handler (exit 2), not a bind error."""
+    def test_check_reports_the_handler_run_the_bind_error(self, sockherd: Launcher, tmp_path: Path) -> None:
+        """With its port taken and a bad handler: `check` (no binding) names the handler, exit 2;
+        `run` binds before its workers import handlers, so it reports the bind error, exit 1."""
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
             holder.bind(("127.0.0.1", 0))
             holder.listen()
@@ -854,11 +855,14 @@ class TestRunRefusesInvalidConfigs:
                     "bad": service("tcp", handler="handlers:NotAHandler"),
                 },
             )
+            checked = run_cli("check", "-c", str(path))
             daemon = sockherd.start_file(path, wait_ready=False)
-            assert daemon.wait_exit() == 2
-        output = daemon.log_path.read_text()
-        assert output.startswith(f"{path}: services.bad.handler: ")
-        assert "start_failed" not in output and "Traceback" not in output
+            assert daemon.wait_exit() == 1
+        assert checked.returncode == 2
+        assert checked.stderr.startswith(f"{path}: services.bad.handler: ")
+        [failed] = daemon.events("start_failed")
+        assert f"127.0.0.1:{port}" in failed["error"]
+        assert "worker_spawned" not in daemon.log_path.read_text()
 
     def test_run_creates_no_socket_file_for_an_invalid_config(
         self, sockherd: Launcher, tmp_path: Path

@@ -408,10 +408,23 @@ class TestRefusal:
     ]
 
     @pytest.mark.parametrize(("setpriv", "reason"), BROKEN)
-    def test_run_refuses_before_binding(self, sockherd: Launcher, setpriv: list[str], reason: str) -> None:
-        """`run` exits 2 naming supervisor.user: the handler probe could not switch; no worker forked."""
+    def test_run_refuses(self, sockherd: Launcher, setpriv: list[str], reason: str) -> None:
+        """`run` exits 2 naming supervisor.user: its first workers could not switch; none served."""
         path = sockherd.write({"svc": service("tcp", listen="127.0.0.1:0")}, user="nobody")
         done = under_setpriv(setpriv, "-m", "supervisor", "run", "-c", str(path))
+        assert done.returncode == 2
+        assert f"{path}: supervisor.user: " in done.stderr
+        assert reason in done.stderr
+        assert "worker_ready" not in done.stdout + done.stderr
+
+    @pytest.mark.parametrize(("setpriv", "reason"), BROKEN)
+    def test_daemon_refuses_before_detaching(
+        self, sockherd: Launcher, setpriv: list[str], reason: str
+    ) -> None:
+        """`run --daemon` probes before it detaches: exit 2 on the terminal, no worker forked."""
+        log_file = str(sockherd.tmp_path / "log")
+        path = sockherd.write({"svc": service("tcp", listen="127.0.0.1:0")}, user="nobody", log_file=log_file)
+        done = under_setpriv(setpriv, "-m", "supervisor", "run", "--daemon", "-c", str(path))
         assert done.returncode == 2
         assert f"{path}: supervisor.user: " in done.stderr
         assert reason in done.stderr

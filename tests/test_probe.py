@@ -102,15 +102,22 @@ def test_module_writing_to_fd_1_does_not_disturb_check(tmp_path: Path) -> None:
     assert result.stdout == f"{path}: ok (1 services)\n"
 
 
-def test_run_with_unimportable_handler_exits_2_before_forking(sockherd: Launcher, tmp_path: Path) -> None:
-    """`run` refuses a handler that cannot be imported with check's own line, exit 2, no worker."""
+def test_run_with_unimportable_handler_exits_2_as_check_does(sockherd: Launcher, tmp_path: Path) -> None:
+    """`run` probes nothing: its first workers' boot is the check. A handler that cannot be
+    imported ends the start with check's own line on stderr, exit 2, no worker left behind."""
     path = write_config(tmp_path, "no_such_module_here:Handler")
     daemon = sockherd.start_file(path, wait_ready=False)
     assert daemon.wait_exit() == 2
     output = daemon.log_path.read_text()
-    assert output == run_cli("check", "-c", str(path)).stderr
-    assert output.startswith(f'{path}: services.a.handler: cannot import "no_such_module_here"')
-    assert "worker_spawned" not in output
+    problem = run_cli("check", "-c", str(path)).stderr
+    assert problem.startswith(f'{path}: services.a.handler: cannot import "no_such_module_here"')
+    assert output.endswith(problem)
+    [failed] = daemon.events("start_failed")
+    assert failed["problems"] == problem.splitlines()
+    assert not daemon.events("worker_ready")
+    spawned = {e["worker_pid"] for e in daemon.events("worker_spawned")}
+    assert spawned == {e["worker_pid"] for e in daemon.events("worker_exited", exit_code=3)}
+    assert all(gone(pid) for pid in spawned)
 
 
 def test_signal_ends_the_child_by_default(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 HandlerClass = type[socketserver.BaseRequestHandler]
+PATH_HINT = "check the module path and [supervisor] pythonpath"
 
 
 class LoadError(Exception):
@@ -47,6 +48,31 @@ def handler_kind(handler: HandlerClass) -> str:
     if issubclass(handler, socketserver.DatagramRequestHandler):
         return "datagram"
     return "base"
+
+
+def family_problem(kind: str, protocol: str, stream: bool) -> str | None:
+    """Why a handler of family `kind` cannot serve `protocol`, or None when it can."""
+    if kind == "stream" and not stream:
+        return _wrong_family("StreamRequestHandler", protocol, "DatagramRequestHandler")
+    if kind == "datagram" and stream:
+        return _wrong_family("DatagramRequestHandler", protocol, "StreamRequestHandler")
+    return None
+
+
+def usable_handler(reference: str, protocol: str, stream: bool) -> HandlerClass:
+    """The handler class a worker serves with; LoadError's message is the whole problem, fix
+    included, as `sockherd check` words it."""
+    try:
+        handler = load_handler(reference)
+    except LoadError as exc:
+        raise LoadError(f"{exc} ({PATH_HINT})") from exc
+    if problem := family_problem(handler_kind(handler), protocol, stream):
+        raise LoadError(problem)
+    return handler
+
+
+def _wrong_family(kind: str, protocol: str, instead: str) -> str:
+    return f'a {kind} cannot serve protocol = "{protocol}" (use a {instead} or BaseRequestHandler)'
 
 
 def _describe(exc: BaseException) -> str:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 from workers import channel, logs, output
 from workers.balance import Board, Gate
 from workers.keepalive import close_when_draining
-from workers.loader import extend_path, load_handler
+from workers.loader import HandlerClass, LoadError, extend_path, usable_handler
 from workers.privileges import Identity, PrivilegeError, become
 from workers.servers import SERVERS, Adoptable
 from workers.wakeup import SignalQueue
@@ -34,6 +34,7 @@ BOOT_FAILED = 3
 POLL_INTERVAL = 0.2  # how quickly serve_forever notices shutdown()
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 _SIGNALS = (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1)
+_PROBLEM_MAX = 1000  # characters: a boot_failed message stays far below PIPE_BUF
 
 
 class WorkerSpec(NamedTuple):
@@ -101,7 +102,9 @@ def boot(spec: WorkerSpec) -> Adoptable | None:
     """Become the configured user, then build the server; None (logged) when either fails.
 
     The switch comes first: no handler code, not even its module's top level, runs as root. A
-    worker that cannot switch refuses to go on rather than serve as root.
+    worker that cannot switch refuses to go on rather than serve as root. When the config is at
+    fault (the user, the handler), the master is told which key and why, in the words of
+    `sockherd check`: at start-up the workers' boot is the check of the handlers.
     """
     log = logs.get_logger()
     try:
@@ -109,20 +112,31 @@ def boot(spec: WorkerSpec) -> Adoptable | None:
             become(spec.identity)
     except PrivilegeError as exc:
         log.error("worker_boot_failed", reason="privilege_drop_failed", error=str(exc))
+        _report(spec, "supervisor.user", str(exc))
         return None
     try:
-        return build_server(spec)
+        extend_path(spec.pythonpath)
+        handler = usable_handler(spec.handler, spec.protocol, spec.stream)
+        return build_server(spec, handler)
+    except LoadError as exc:
+        shown = exc.__cause__ is not None  # the import's traceback; a wrong family has none
+        fields = {"handler": spec.handler, "reason": "handler_unusable", "error": str(exc)}
+        log.error("worker_boot_failed", **fields, exc_info=shown)
+        _report(spec, f"services.{spec.service}.handler", str(exc))
     except BaseException:
         log.error("worker_boot_failed", handler=spec.handler, exc_info=True)
-        return None
+    return None
 
 
-def build_server(spec: WorkerSpec) -> Adoptable:
-    """Import the handler and adopt the listener; the socket is already non-blocking."""
-    extend_path(spec.pythonpath)
-    handler = close_when_draining(load_handler(spec.handler))
+def _report(spec: WorkerSpec, key: str, problem: str) -> None:
+    """Tell the master which config key made the boot fail (one pipe write: kept short)."""
+    channel.send(spec.channel_fd, "boot_failed", key=key, problem=problem[:_PROBLEM_MAX])
+
+
+def build_server(spec: WorkerSpec, handler: HandlerClass) -> Adoptable:
+    """Adopt the listener into the server for `handler`; the socket is already non-blocking."""
     sock = socket.socket(fileno=spec.listener_fd)
-    server = SERVERS[spec.protocol, spec.concurrency].from_socket(sock, handler)
+    server = SERVERS[spec.protocol, spec.concurrency].from_socket(sock, close_when_draining(handler))
     server.daemon_threads = spec.daemon_threads  # type: ignore[attr-defined]
     server.block_on_close = spec.block_on_close  # type: ignore[attr-defined]
     server.max_children = spec.max_children  # type: ignore[attr-defined]
