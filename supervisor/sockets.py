@@ -117,8 +117,12 @@ def adopt(service: ServiceConfig, sock: socket.socket) -> Listener:
 
 
 def _bind_inet(address: InetAddress, kind: socket.SocketKind, key: str) -> socket.socket:
+    # getaddrinfo encodes a str host with the idna codec, importing encodings.idna, stringprep
+    # and unicodedata at every start: an IP address or an ASCII name goes as bytes instead.
+    host = address.host
+    name = (host.encode() if host.isascii() else host) if host else None
     try:
-        infos = socket.getaddrinfo(address.host or None, address.port, type=kind, flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(name, address.port, type=kind, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise BindError(
             f"{key}: cannot resolve {address.host!r}: {exc.strerror} "

@@ -1,11 +1,15 @@
 """workers.deferred: structlog and http.server are imported without the modules they import
-for calls sockherd never makes, and those still work when used."""
+for calls sockherd never makes, and those still work when used; and a started worker (so the
+master up to its first fork) has imported none of the modules start-up does without."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+from tests.conftest import TESTS_DIR, Launcher, service
 
 
 def _run(code: str) -> str:
@@ -90,3 +94,30 @@ def test_run_imports_none_of_the_deferred() -> None:
         print(sorted(deferred & set(sys.modules)))
     """
     assert _run(code) == "[]"
+
+
+# Written into a module a worker imports as its handler: what the master had imported by its
+# first fork (and the worker by its boot) is then in sys.modules.
+PEEK = """\
+import sys
+from pathlib import Path
+
+unwanted = {unwanted!r}
+Path({out!r}).write_text(" ".join(sorted(unwanted & set(sys.modules))) or "none")
+from handlers import CommandStreamHandler as Handler
+"""
+
+
+def test_a_started_worker_has_imported_none_of_the_deferred(sockherd: Launcher, tmp_path: Path) -> None:
+    """Up to a worker's handler import (the master's whole start, the fork, the worker's boot),
+    nothing imports a deferred module, difflib (a config without stray keys), psutil, or the
+    idna codec that getaddrinfo would import for a str host."""
+    unwanted = {"asyncio", "ssl", "uuid", "logging", "structlog.stdlib", "difflib", "psutil"}
+    unwanted |= {"encodings.idna", "unicodedata", "supervisor.logview", "daemon"}
+    (tmp_path / "peek.py").write_text(PEEK.format(unwanted=unwanted, out=str(tmp_path / "seen")))
+    daemon = sockherd.start(
+        {"svc": service("tcp", handler="peek:Handler", listen="127.0.0.1:0")},
+        pythonpath=[str(TESTS_DIR), str(tmp_path)],
+    )
+    assert daemon.events("worker_ready")
+    assert (tmp_path / "seen").read_text() == "none"
