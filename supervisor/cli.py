@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_or_check(args: argparse.Namespace) -> int:
     # `check` imports the handlers in a probe, and so does `run --daemon` before it detaches,
     # to report a bad one on the terminal. In the foreground the first workers' boot is that
-    # check: a start without the probe's fork and wait is faster (README, "Start-up").
+    # check: a start without the probe's fork and wait is faster (README, "Configuration").
     probe = args.command == "check" or args.daemon
     try:
         loaded = config.load(args.config, import_handlers=probe)

@@ -86,7 +86,8 @@ class Master:
         control_path = config.supervisor.runtime_dir / CONTROL_SOCKET
         self.control = ControlServer(control_path, self.selector, self, self.log)
         # When the loop last read the workers' pipes: silence is measured up to then, so a loop
-        # that was busy (a reload's handler probe) never mistakes unread heartbeats for silence.
+        # that was held up (a slow fork, a starved machine) never mistakes unread heartbeats for
+        # silence.
         self.polled_at = time.monotonic()
 
     @property

@@ -1,7 +1,8 @@
 """Check that handlers import, in a child process so the master never imports handler code.
 
-`sockherd check`, `run --daemon` (before detaching) and reloads probe; a foreground `run` does
-not: its first workers' boot is the check (workers.runtime.boot reports the key at fault).
+`sockherd check` probes, and so does `run --daemon` before it detaches (to report on the
+terminal). A foreground `run` and reloads do not: there the new workers' boot is the check
+(workers.runtime.boot reports the key at fault), and the master's loop never waits on imports.
 
 `probe_handlers` forks a child (through spawn, the master's fork site) that imports each handler
 and writes {handler: {"kind": ..., "error": ...}} as JSON on a pipe, then exits. `kind` is

@@ -23,6 +23,7 @@ from supervisor.pool import Pool
 from supervisor.reap import ExitStatus
 from supervisor.sockets import Listener, bind
 from supervisor.systemd import Notifier
+from supervisor.table import Problems
 from supervisor.worker import Generation, Worker, WorkerState
 from workers import logs
 
@@ -45,7 +46,7 @@ def prepare(held: list[Listener], path: Path, number: int, hint: str) -> Reload:
     `held` are the listeners the master has: the running generation's and those still draining.
     """
     started = time.monotonic()
-    new = config_module.load(path)
+    new = config_module.load(path, import_handlers=False)  # the candidate's boot checks them
     listeners: dict[str, Listener] = {}
     fresh: list[Listener] = []
     owner = new.supervisor.identity.owner if new.supervisor.identity else None
@@ -203,8 +204,19 @@ class Reloader:
             self._abandon("timeout", reload_timeout=timeout)
 
     def on_exit(self, worker: Worker, status: ExitStatus) -> None:
-        """A candidate worker that exits before the commit fails the reload."""
-        if self.under_way and worker.generation == self.under_way.generation.number:
+        """A candidate worker that exits before the commit fails the reload: as an invalid config
+        when its boot found the handler or the user at fault, with what every candidate that
+        failed so far said, in the lines `sockherd check` prints."""
+        if not (self.under_way and worker.generation == self.under_way.generation.number):
+            return
+        if worker.problem:
+            candidate = self.under_way.generation
+            problems = Problems(str(candidate.config.path))
+            for failed in [worker, *self.pool.of(candidate)]:
+                if failed.problem:
+                    problems.add(*failed.problem)
+            self._abandon("invalid_config", problems=problems.lines)
+        else:
             self._abandon("boot_failed", worker_pid=worker.pid, status=str(status))
 
     def _commit(self) -> None:

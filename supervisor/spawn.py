@@ -27,7 +27,8 @@ def fork_probe(main: Callable[[], int], keep: Iterable[int]) -> int:
     """Fork a short-lived child that runs `main` and exits with what it returns; return its pid.
 
     It stays in the master's process group: a Ctrl-C at the terminal stops it with the master.
-    Every signal with a Python handler (the master's, when it reloads) gets its default back.
+    Every signal with a Python handler gets its default back (the probe runs before the master's
+    loop today, so there are none; a handler of the master's must never run in the child).
     """
     handled = tuple(s for s in signal.valid_signals() if callable(signal.getsignal(s)))
 

@@ -34,14 +34,18 @@ from tests.load import Load, UnixHTTPConnection, http_get
 HELLO = "workers.examples.hello:HelloHandler"
 LIFECYCLE = "handlers:LifecycleStreamHandler"
 
-# Handler modules written into a temporary pythonpath directory. The config check imports them in
-# the probe (whose sys.argv[0] names supervisor/probe.py), where they behave; only workers see
-# the trouble.
+# Handler modules written into a temporary pythonpath directory. `sockherd check` imports them in
+# its probe (whose sys.argv[0] names supervisor/probe.py), where they behave; reloads probe
+# nothing, so the workers see the trouble.
 IN_WORKER = 'import sys\nIN_WORKER = "probe" not in sys.argv[0]\n'
 BOOT_FAILS = IN_WORKER + (
     "if IN_WORKER:\n"
     '    raise RuntimeError("broken in workers only, on purpose")\n'
     "from handlers import CommandStreamHandler as Handler\n"
+)
+# Ends the worker importing it at once, without a word: a crash, not a config problem.
+DIES = IN_WORKER + (
+    "import os\nif IN_WORKER:\n    os._exit(7)\nfrom handlers import CommandStreamHandler as Handler\n"
 )
 SLOW = IN_WORKER + (
     "import time\nif IN_WORKER:\n    time.sleep(30)\nfrom handlers import CommandStreamHandler as Handler\n"
@@ -498,7 +502,7 @@ class TestRollback:
         """An invalid config gives reload_failed invalid_config with the lines `check` prints."""
         daemon = sockherd.start({"svc": service(workers=2)})
         old = generation(daemon, 1)
-        rewrite(sockherd, daemon, {"svc": service(workers=0, handler="handlers:NoSuchClass")})
+        rewrite(sockherd, daemon, {"svc": service(workers=0), "other": service(max_requests=-1)})
         failed = reload(daemon)
         assert (failed["event"], failed["reason"]) == ("reload_failed", "invalid_config")
         check = run_cli("check", "-c", str(daemon.config_path))
@@ -547,8 +551,27 @@ class TestRollback:
         assert set(daemon.workers()) == old
         assert served_by(daemon.address("svc")) <= old
 
-    def test_boot_failed(self, sockherd: Launcher, modules: Path) -> None:
-        """A new worker dying before ready gives reload_failed boot_failed; the new generation is gone."""
+    def test_unusable_handler_is_an_invalid_config(self, sockherd: Launcher) -> None:
+        """Reloads probe nothing: the new workers' boot finds the handler at fault, and the reload
+        fails invalid_config with the line `check` prints; the new generation is gone."""
+        daemon = sockherd.start({"svc": service(workers=2)})
+        old = generation(daemon, 1)
+        rewrite(sockherd, daemon, {"svc": service(workers=2, handler="handlers:NoSuchClass")})
+        failed = reload(daemon)
+        assert (failed["event"], failed["reason"]) == ("reload_failed", "invalid_config")
+        check = run_cli("check", "-c", str(daemon.config_path))
+        assert failed["problems"] == check.stderr.splitlines()
+        missing = 'services.svc.handler: module "handlers" has no attribute "NoSuchClass" (check the'
+        assert missing in failed["problems"][0]
+        new = generation(daemon, 2)
+        exited(daemon, new)
+        assert all(gone(pid) for pid in new)
+        assert set(daemon.workers()) == old
+        assert served_by(daemon.address("svc")) <= old
+
+    def test_handler_raising_at_import(self, sockherd: Launcher, modules: Path) -> None:
+        """A handler module that raises in the new workers is an invalid config too, naming the
+        exception and where the module raised it; the running generation is untouched."""
         write_module(modules, "broken", BOOT_FAILS)
         daemon = sockherd.start({"svc": service(workers=2)}, pythonpath=pythonpath(modules))
         old = generation(daemon, 1)
@@ -559,12 +582,36 @@ class TestRollback:
             pythonpath=pythonpath(modules),
         )
         failed = reload(daemon)
+        assert (failed["event"], failed["reason"]) == ("reload_failed", "invalid_config")
+        [problem] = failed["problems"]
+        assert 'services.svc.handler: cannot import "broken": RuntimeError: broken in workers only' in problem
+        assert f"{modules / 'broken.py'}:4" in problem
+        new = generation(daemon, 2)
+        exited(daemon, new)
+        assert daemon.events("worker_boot_failed", generation=2)
+        assert set(daemon.workers()) == old
+        assert served_by(daemon.address("svc")) <= old
+        assert not daemon.events("worker_stopping", generation=1)
+
+    def test_boot_failed(self, sockherd: Launcher, modules: Path) -> None:
+        """A new worker dying before ready, not for its config, gives reload_failed boot_failed;
+        the new generation is gone, the running one untouched."""
+        write_module(modules, "dies", DIES)
+        daemon = sockherd.start({"svc": service(workers=2)}, pythonpath=pythonpath(modules))
+        old = generation(daemon, 1)
+        rewrite(
+            sockherd,
+            daemon,
+            {"svc": service(workers=2, handler="dies:Handler")},
+            pythonpath=pythonpath(modules),
+        )
+        failed = reload(daemon)
         assert (failed["event"], failed["reason"]) == ("reload_failed", "boot_failed")
+        assert failed["status"] == "exited with code 7"
         new = generation(daemon, 2)
         assert new
         exited(daemon, new)
         assert all(gone(pid) for pid in new)
-        assert daemon.events("worker_boot_failed", generation=2)
         assert set(daemon.workers()) == old
         assert served_by(daemon.address("svc")) <= old
         assert not daemon.events("worker_stopping", generation=1)
@@ -577,7 +624,7 @@ class TestRollback:
         rewrite(sockherd, daemon, {"svc": service(workers=2, handler="oneslow:Handler")}, pythonpath=paths)
         (modules / "fail-next").touch()
         failed = reload(daemon)
-        assert (failed["event"], failed["reason"]) == ("reload_failed", "boot_failed")
+        assert (failed["event"], failed["reason"]) == ("reload_failed", "invalid_config")
         ready = {e["pid"] for e in daemon.events("worker_ready", generation=2)}
         assert len(ready) == 1
         [outcome] = exited(daemon, ready).values()
@@ -588,7 +635,7 @@ class TestRollback:
         write_module(modules, "broken", BOOT_FAILS)
         daemon = sockherd.start({"svc": service()}, pythonpath=pythonpath(modules))
         rewrite(sockherd, daemon, {"svc": service(handler="broken:Handler")}, pythonpath=pythonpath(modules))
-        assert reload(daemon)["reason"] == "boot_failed"
+        assert reload(daemon)["reason"] == "invalid_config"  # found by the spawned generation 2
         rewrite(sockherd, daemon, {"svc": service()}, pythonpath=pythonpath(modules))
         done = reload(daemon)
         assert (done["event"], done["generation"]) == ("reload_done", 3)

@@ -12,7 +12,6 @@ import pytest
 
 from supervisor import config
 from supervisor.errors import ExitCode
-from supervisor.probe import PROBE_TIMEOUT
 from tests.conftest import run_cli
 
 SYSTEMD_DIR = Path(__file__).parent.parent / "systemd"
@@ -117,13 +116,14 @@ class TestService:
         assert seconds(value(unit, "Service", "TimeoutStopSec")) >= graceful + 10
 
     def test_reload_fits_in_its_timeout(self, unit: Unit) -> None:
-        """ExecReload= runs under TimeoutStartSec=: it must cover the probe plus reload_timeout."""
+        """ExecReload= runs under TimeoutStartSec=: it must cover reload_timeout with room to spare."""
         reload_timeout = shipped_config().supervisor.reload_timeout
-        assert seconds(value(unit, "Service", "TimeoutStartSec")) > PROBE_TIMEOUT + reload_timeout
+        assert seconds(value(unit, "Service", "TimeoutStartSec")) >= reload_timeout + 30
 
-    def test_watchdog_survives_a_blocking_probe(self, unit: Unit) -> None:
-        """The probe may hold the loop just before a ping is due: the interval exceeds twice it."""
-        assert seconds(value(unit, "Service", "WatchdogSec")) > 2 * PROBE_TIMEOUT
+    def test_watchdog_leaves_the_loop_room(self, unit: Unit) -> None:
+        """The loop wakes at least every second and pings every half interval; nothing holds it
+        for long (reloads import handlers in the new workers, not in a probe in the loop)."""
+        assert seconds(value(unit, "Service", "WatchdogSec")) >= 20
 
     def test_invalid_config_is_not_restarted(self, unit: Unit) -> None:
         """Restart=on-failure, except exit status 2 (invalid config)."""
