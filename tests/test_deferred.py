@@ -84,12 +84,23 @@ def test_https_client_still_works_after_http_server() -> None:
     assert _run(code).splitlines() == ["False", "NoneType True"]
 
 
+def test_email_dates_still_convert() -> None:
+    """email's date conversion, the reason it imports calendar, works through the stand-in."""
+    code = """
+        import sys, workers.keepalive, email.utils
+        print('calendar' in sys.modules)
+        print(email.utils.mktime_tz(email.utils.parsedate_tz("Thu, 01 Jan 1970 00:01:00 +0000")))
+        print(type(sys.modules['calendar']).__name__)
+    """
+    assert _run(code).splitlines() == ["False", "60", "module"]
+
+
 def test_run_imports_none_of_the_deferred() -> None:
     """`sockherd run` starts without asyncio, ssl, uuid, logging and structlog's bridge to it,
-    difflib, the log viewer or python-daemon."""
+    calendar, difflib, the log viewer or python-daemon."""
     code = """
         import sys, supervisor.cli
-        deferred = {"asyncio", "ssl", "uuid", "logging", "structlog.stdlib", "difflib"}
+        deferred = {"asyncio", "ssl", "uuid", "logging", "structlog.stdlib", "difflib", "calendar"}
         deferred |= {"supervisor.logview", "daemon"}
         print(sorted(deferred & set(sys.modules)))
     """
@@ -112,7 +123,7 @@ def test_a_started_worker_has_imported_none_of_the_deferred(sockherd: Launcher, 
     """Up to a worker's handler import (the master's whole start, the fork, the worker's boot),
     nothing imports a deferred module, difflib (a config without stray keys), psutil, or the
     idna codec that getaddrinfo would import for a str host."""
-    unwanted = {"asyncio", "ssl", "uuid", "logging", "structlog.stdlib", "difflib", "psutil"}
+    unwanted = {"asyncio", "ssl", "uuid", "logging", "structlog.stdlib", "difflib", "psutil", "calendar"}
     unwanted |= {"encodings.idna", "unicodedata", "supervisor.logview", "daemon"}
     (tmp_path / "peek.py").write_text(PEEK.format(unwanted=unwanted, out=str(tmp_path / "seen")))
     daemon = sockherd.start(

@@ -3,7 +3,8 @@
 structlog imports asyncio (which brings ssl, subprocess and concurrent.futures) for its async
 logging methods alone, uuid for its deprecated thread-local contexts, and the standard library's
 logging for its bridge to it (structlog.stdlib), which sockherd does not use; http.server imports
-http.client, which imports ssl for HTTPSConnection. sockherd makes none of those structlog
+http.client, which imports ssl for HTTPSConnection, and the email package, which imports
+calendar for turning a parsed date into a timestamp. sockherd makes none of those structlog
 calls, and a handler seldom an HTTPS connection, but every start would pay for those imports:
 a quarter of the time to the first answer. Inside `deferred("asyncio")`, an `import asyncio`
 binds a stand-in that imports the real module the first time an attribute of it is read;

@@ -11,7 +11,7 @@ from __future__ import annotations
 from workers.deferred import deferred
 from workers.loader import HandlerClass
 
-with deferred("ssl"):  # http.client's, for HTTPSConnection only: see workers.deferred
+with deferred("ssl", "calendar"):  # HTTPSConnection; email's date parsing: see workers.deferred
     from http.server import BaseHTTPRequestHandler
 
 
