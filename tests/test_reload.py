@@ -128,6 +128,30 @@ def reload(daemon: Daemon, timeout: float = DEADLINE) -> dict[str, Any]:
     )
 
 
+def _reload_into_failing_handler(
+    sockherd: Launcher, modules: Path, source: str
+) -> tuple[Daemon, set[int], dict[str, Any]]:
+    """Two workers serving, then a reload to the handler module `source` (as "failing"):
+    the daemon, the pids of generation 1, and the reload's outcome."""
+    write_module(modules, "failing", source)
+    daemon = sockherd.start({"svc": service(workers=2)}, pythonpath=pythonpath(modules))
+    old = generation(daemon, 1)
+    services = {"svc": service(workers=2, handler="failing:Handler")}
+    rewrite(sockherd, daemon, services, pythonpath=pythonpath(modules))
+    return daemon, old, reload(daemon)
+
+
+def _assert_only_the_old_generation_serves(daemon: Daemon, old: set[int]) -> None:
+    """Generation 2 was spawned and is gone; generation 1 was never told to stop and serves."""
+    new = generation(daemon, 2)
+    assert new
+    exited(daemon, new)
+    assert all(gone(pid) for pid in new)
+    assert set(daemon.workers()) == old
+    assert served_by(daemon.address("svc")) <= old
+    assert not daemon.events("worker_stopping", generation=1)
+
+
 def barrier(daemon: Daemon) -> None:
     """Return once the master handled everything sent before: it logs SIGUSR2 as signal_ignored."""
     count = len(daemon.events("signal_ignored", signal="SIGUSR2"))
@@ -572,49 +596,22 @@ class TestRollback:
     def test_handler_raising_at_import(self, sockherd: Launcher, modules: Path) -> None:
         """A handler module that raises in the new workers is an invalid config too, naming the
         exception and where the module raised it; the running generation is untouched."""
-        write_module(modules, "broken", BOOT_FAILS)
-        daemon = sockherd.start({"svc": service(workers=2)}, pythonpath=pythonpath(modules))
-        old = generation(daemon, 1)
-        rewrite(
-            sockherd,
-            daemon,
-            {"svc": service(workers=2, handler="broken:Handler")},
-            pythonpath=pythonpath(modules),
-        )
-        failed = reload(daemon)
+        daemon, old, failed = _reload_into_failing_handler(sockherd, modules, BOOT_FAILS)
         assert (failed["event"], failed["reason"]) == ("reload_failed", "invalid_config")
         [problem] = failed["problems"]
-        assert 'services.svc.handler: cannot import "broken": RuntimeError: broken in workers only' in problem
-        assert f"{modules / 'broken.py'}:4" in problem
-        new = generation(daemon, 2)
-        exited(daemon, new)
+        raised = 'services.svc.handler: cannot import "failing": RuntimeError: broken in workers only'
+        assert raised in problem
+        assert f"{modules / 'failing.py'}:4" in problem
         assert daemon.events("worker_boot_failed", generation=2)
-        assert set(daemon.workers()) == old
-        assert served_by(daemon.address("svc")) <= old
-        assert not daemon.events("worker_stopping", generation=1)
+        _assert_only_the_old_generation_serves(daemon, old)
 
     def test_boot_failed(self, sockherd: Launcher, modules: Path) -> None:
         """A new worker dying before ready, not for its config, gives reload_failed boot_failed;
         the new generation is gone, the running one untouched."""
-        write_module(modules, "dies", DIES)
-        daemon = sockherd.start({"svc": service(workers=2)}, pythonpath=pythonpath(modules))
-        old = generation(daemon, 1)
-        rewrite(
-            sockherd,
-            daemon,
-            {"svc": service(workers=2, handler="dies:Handler")},
-            pythonpath=pythonpath(modules),
-        )
-        failed = reload(daemon)
+        daemon, old, failed = _reload_into_failing_handler(sockherd, modules, DIES)
         assert (failed["event"], failed["reason"]) == ("reload_failed", "boot_failed")
         assert failed["status"] == "exited with code 7"
-        new = generation(daemon, 2)
-        assert new
-        exited(daemon, new)
-        assert all(gone(pid) for pid in new)
-        assert set(daemon.workers()) == old
-        assert served_by(daemon.address("svc")) <= old
-        assert not daemon.events("worker_stopping", generation=1)
+        _assert_only_the_old_generation_serves(daemon, old)
 
     def test_ready_candidates_drain_when_the_reload_fails(self, sockherd: Launcher, modules: Path) -> None:
         """Candidate workers already serving when the reload fails are stopped gracefully, not killed."""
