@@ -64,8 +64,8 @@ def usable_handler(reference: str, protocol: str, stream: bool) -> HandlerClass:
     included, as `sockherd check` words it."""
     try:
         handler = load_handler(reference)
-    except LoadError as exc:
-        raise LoadError(f"{exc} ({PATH_HINT})") from exc
+    except LoadError as exc:  # chained to what the module raised, as load_handler's own was
+        raise LoadError(f"{exc} ({PATH_HINT})") from exc.__cause__
     if problem := family_problem(handler_kind(handler), protocol, stream):
         raise LoadError(problem)
     return handler
