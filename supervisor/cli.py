@@ -94,15 +94,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_or_check(args: argparse.Namespace) -> int:
+    """Problems with the config, found by reading it or by the first workers, as `check` words them."""
+    try:
+        return _load_then_run(args)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return ExitCode.CONFIG
+
+
+def _load_then_run(args: argparse.Namespace) -> int:
     # `check` imports the handlers in a probe, and so does `run --daemon` before it detaches,
     # to report a bad one on the terminal. In the foreground the first workers' boot is that
     # check: a start without the probe's fork and wait is faster (README, "Configuration").
     probe = args.command == "check" or args.daemon
-    try:
-        loaded = config.load(args.config, import_handlers=probe)
-    except ConfigError as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
-        return ExitCode.CONFIG
+    loaded = config.load(args.config, import_handlers=probe)
     if args.command == "check":
         print(f"{args.config}: ok ({len(loaded.services)} services)")
         return ExitCode.OK
@@ -127,8 +132,4 @@ def _run_or_check(args: argparse.Namespace) -> int:
             return ExitCode.FAILURE
     # A daemon reports start-up failures on the terminal; it logs to the file once detached.
     logs.configure(loaded.supervisor.log_level, fd=2 if args.daemon else log_fd, role="master")
-    try:
-        return boot.run(loaded, log_fd, args.pidfile, detach=args.daemon)
-    except ConfigError as exc:  # a worker of the first generation found it (see above)
-        print("\n".join(exc.problems), file=sys.stderr)
-        return ExitCode.CONFIG
+    return boot.run(loaded, log_fd, args.pidfile, detach=args.daemon)  # ConfigError: see above

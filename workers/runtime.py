@@ -104,7 +104,7 @@ def boot(spec: WorkerSpec) -> Adoptable | None:
     The switch comes first: no handler code, not even its module's top level, runs as root. A
     worker that cannot switch refuses to go on rather than serve as root. When the config is at
     fault (the user, the handler), the master is told which key and why, in the words of
-    `sockherd check`: at start-up the workers' boot is the check of the handlers.
+    `sockherd check`: a foreground start and a reload check the handlers only this way.
     """
     log = logs.get_logger()
     try:
