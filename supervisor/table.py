@@ -159,9 +159,12 @@ class Table:
 
     def finish(self) -> None:
         """Report every key that nothing read, suggesting the closest known one."""
-        for key in sorted(self.data.keys() - self.known):
-            import difflib  # here: only a config with a stray key needs it, and every start would pay
+        stray = sorted(self.data.keys() - self.known)
+        if not stray:
+            return
+        import difflib  # here: only a config with a stray key needs it, and every start would pay
 
+        for key in stray:
             close = difflib.get_close_matches(key, self.known, n=1)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
             self.problem(key, f"unknown key{hint}")

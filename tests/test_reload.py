@@ -587,11 +587,7 @@ class TestRollback:
         assert failed["problems"] == check.stderr.splitlines()
         missing = 'services.svc.handler: module "handlers" has no attribute "NoSuchClass" (check the'
         assert missing in failed["problems"][0]
-        new = generation(daemon, 2)
-        exited(daemon, new)
-        assert all(gone(pid) for pid in new)
-        assert set(daemon.workers()) == old
-        assert served_by(daemon.address("svc")) <= old
+        _assert_only_the_old_generation_serves(daemon, old)
 
     def test_handler_raising_at_import(self, sockherd: Launcher, modules: Path) -> None:
         """A handler module that raises in the new workers is an invalid config too, naming the
