@@ -282,6 +282,8 @@ class Master:
                 self.move_to(State.RELOADING if reloading else State.RUNNING)
             if not self.announced_ready and self.pool.all_ready(self.pool.current):
                 self.announced_ready = True
+                # Not for the first workers, so that start-up stays as quick (supervisor.wakeups).
+                self.pool.wakes.enabled = True
                 self.log.info("ready", workers=len(self.pool))
                 self.notifier.ready(self.pool.summary())
         elif not self.pool and not self._orphans():

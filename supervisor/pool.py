@@ -18,6 +18,7 @@ from supervisor.config import ServiceConfig
 from supervisor.reap import ExitStatus
 from supervisor.sockets import Listener
 from supervisor.spawn import fork_worker
+from supervisor.wakeups import WakeHistory
 from supervisor.worker import GONE, Generation, Worker, WorkerState
 from workers.balance import Board, balanced
 from workers.runtime import WorkerSpec
@@ -44,6 +45,7 @@ class Pool:
         self.selector = selector
         self.log = log
         self.workers: dict[int, Worker] = {}
+        self.wakes = WakeHistory()  # topped up before each fork once on (supervisor.wakeups)
 
     def __iter__(self) -> Iterator[Worker]:
         return iter(list(self.workers.values()))
@@ -112,6 +114,7 @@ class Pool:
         return min(waiting, default=None)
 
     def spawn(self, generation: Generation, service: ServiceConfig, index: int) -> Worker:
+        self._top_up_wakes()
         listener = generation.listeners[service.name]
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         board, cell = self._seat(service, listener)
@@ -142,6 +145,18 @@ class Pool:
         self.selector.register(read_fd, selectors.EVENT_READ, worker)
         self.log.info("worker_spawned", **worker.fields())
         return worker
+
+    def _top_up_wakes(self) -> None:
+        """A failed top-up costs the next workers some speed, never the fork: logged, not raised."""
+        started = time.monotonic()
+        try:
+            wakeups = self.wakes.top_up(self.master_signals, started)
+        except (OSError, RuntimeError) as exc:  # no descriptor or thread to be had right now
+            self.log.warning("wakeups_failed", error=str(exc))
+            return
+        if wakeups:
+            duration = round(time.monotonic() - started, 4)
+            self.log.debug("wakeups_topped_up", wakeups=wakeups, duration=duration)
 
     def _seat(self, service: ServiceConfig, listener: Listener) -> tuple[Board | None, int]:
         """A cell on the board of `listener` for a new worker, if the service's are balanced."""

@@ -1,0 +1,138 @@
+"""The master's wake-up history (supervisor/wakeups.py): topped up before each fork after the first
+start, never before the first workers, and leaving nothing behind.
+
+What the top-up is for, CPUs left idle by freshly forked workers, is a speed and is measured by
+the benchmark harness (README, Benchmarks), not asserted here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import sys
+import threading
+
+import psutil
+import pytest
+
+from supervisor import wakeups
+from supervisor.wakeups import TARGET, WakeHistory, alternate
+from tests.conftest import Launcher, service
+
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="the count exists on Linux only")
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+class TestAlternate:
+    """Waking two helper threads in turn leaves the caller as it found it."""
+
+    def test_no_thread_or_descriptor_is_left(self) -> None:
+        """Both helpers are joined and every pipe closed before it returns (the master forks next)."""
+        threads, fds = threading.active_count(), _open_fds()
+        alternate(200)
+        assert threading.active_count() == threads
+        assert _open_fds() == fds
+
+    def test_the_two_helpers_take_turns(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Every wake-up goes to the other helper than the last: only a change of wakee counts."""
+        woken: list[int] = []
+
+        wake = wakeups._Helper.wake
+
+        def recording_wake(helper: wakeups._Helper) -> bool:
+            woken.append(helper.thread.native_id or 0)
+            return wake(helper)
+
+        monkeypatch.setattr(wakeups._Helper, "wake", recording_wake)
+        alternate(9)
+        assert len(woken) == 9
+        assert len(set(woken)) == 2
+        assert all(a != b for a, b in itertools.pairwise(woken))
+
+    def test_a_helper_that_ends_does_not_hang_the_caller(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A helper gone early (it failed) closes its reply pipe: the caller stops waking, not waits."""
+        echo = wakeups._Helper._echo
+        answered = 0
+
+        def failing_echo(helper: wakeups._Helper) -> None:
+            nonlocal answered
+            if answered:
+                os.close(helper.replies_w)
+                return
+            answered += 1
+            echo(helper)
+
+        monkeypatch.setattr(wakeups._Helper, "_echo", failing_echo)
+        threads, fds = threading.active_count(), _open_fds()
+        alternate(50)  # returns: the second helper ended at once
+        assert threading.active_count() == threads
+        assert _open_fds() == fds
+
+
+class TestWakeHistory:
+    """The estimate halves for every whole second; a top-up brings it back to the target."""
+
+    def test_off_until_turned_on(self) -> None:
+        """A new history tops up nothing: the master turns it on once its first workers are ready."""
+        assert WakeHistory().top_up((), now=100.0) == 0
+
+    @linux_only
+    def test_first_top_up_is_the_whole_target(self) -> None:
+        history = WakeHistory(target=50)
+        history.enabled = True
+        assert history.top_up((), now=100.0) == 50
+        assert history.estimate(100.5) == 50
+
+    @linux_only
+    def test_within_the_second_nothing_more(self) -> None:
+        """Workers forked together (a reload's generation) share one top-up."""
+        history = WakeHistory(target=50)
+        history.enabled = True
+        history.top_up((), now=100.0)
+        assert history.top_up((), now=100.9) == 0
+
+    @linux_only
+    def test_each_whole_second_halves_the_estimate(self) -> None:
+        """Reloads a second apart top up half the target; after three seconds, seven eighths."""
+        history = WakeHistory(target=64)
+        history.enabled = True
+        history.top_up((), now=100.0)
+        assert history.top_up((), now=101.2) == 32
+        assert history.top_up((), now=104.5) == 56
+
+    @linux_only
+    def test_signal_mask_is_restored(self) -> None:
+        """The master's signals are blocked only while the helpers live."""
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+        history = WakeHistory(target=20)
+        history.enabled = True
+        history.top_up((signal.SIGHUP, signal.SIGTERM), now=100.0)
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, ()) == mask
+
+
+@linux_only
+class TestMaster:
+    """The real daemon tops up before a reload's forks, not before its first workers."""
+
+    def test_reload_tops_up_before_forking(self, sockherd: Launcher) -> None:
+        daemon = sockherd.start({"svc": service(workers=2)})
+        assert not daemon.events("wakeups_topped_up")  # the first start goes without
+        daemon.send(signal.SIGHUP)
+        daemon.wait_for("reload_done")
+        events = [e["event"] for e in daemon.events()]
+        topped = events.index("wakeups_topped_up")
+        assert events.index("reload_started") < topped < events.index("worker_spawned", topped)
+        assert daemon.events("wakeups_topped_up")[0]["wakeups"] == TARGET
+        assert len(daemon.events("wakeups_topped_up")) == 1  # one for the generation's two forks
+        assert psutil.Process(daemon.pid).num_threads() == 1  # the helpers are gone
+
+    def test_respawn_after_a_crash_tops_up(self, sockherd: Launcher) -> None:
+        """Any fork after the first start: a worker replaced after SIGKILL too."""
+        daemon = sockherd.start({"svc": service(workers=1)})
+        os.kill(daemon.workers("svc")[0], signal.SIGKILL)
+        daemon.wait_for("worker_ready", count=2)
+        assert daemon.events("wakeups_topped_up")
