@@ -73,6 +73,12 @@ class TestAlternate:
         assert _open_fds() == fds
 
 
+def _turned_on(target: int) -> WakeHistory:
+    history = WakeHistory(target)
+    history.enabled = True
+    return history
+
+
 class TestWakeHistory:
     """The estimate halves for every whole second; a top-up brings it back to the target."""
 
@@ -82,24 +88,22 @@ class TestWakeHistory:
 
     @linux_only
     def test_first_top_up_is_the_whole_target(self) -> None:
-        history = WakeHistory(target=50)
-        history.enabled = True
+        """Nothing is known of the master's count before: it is taken as zero."""
+        history = _turned_on(target=50)
         assert history.top_up((), now=100.0) == 50
         assert history.estimate(100.5) == 50
 
     @linux_only
     def test_within_the_second_nothing_more(self) -> None:
         """Workers forked together (a reload's generation) share one top-up."""
-        history = WakeHistory(target=50)
-        history.enabled = True
+        history = _turned_on(target=50)
         history.top_up((), now=100.0)
         assert history.top_up((), now=100.9) == 0
 
     @linux_only
     def test_each_whole_second_halves_the_estimate(self) -> None:
         """Reloads a second apart top up half the target; after three seconds, seven eighths."""
-        history = WakeHistory(target=64)
-        history.enabled = True
+        history = _turned_on(target=64)
         history.top_up((), now=100.0)
         assert history.top_up((), now=101.2) == 32
         assert history.top_up((), now=104.5) == 56
@@ -108,8 +112,7 @@ class TestWakeHistory:
     def test_signal_mask_is_restored(self) -> None:
         """The master's signals are blocked only while the helpers live."""
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
-        history = WakeHistory(target=20)
-        history.enabled = True
+        history = _turned_on(target=20)
         history.top_up((signal.SIGHUP, signal.SIGTERM), now=100.0)
         assert signal.pthread_sigmask(signal.SIG_BLOCK, ()) == mask
 
@@ -119,6 +122,7 @@ class TestMaster:
     """The real daemon tops up before a reload's forks, not before its first workers."""
 
     def test_reload_tops_up_before_forking(self, sockherd: Launcher) -> None:
+        """Once per generation, between reload_started and its first fork; no helper thread left."""
         daemon = sockherd.start({"svc": service(workers=2)})
         assert not daemon.events("wakeups_topped_up")  # the first start goes without
         daemon.send(signal.SIGHUP)
