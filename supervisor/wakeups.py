@@ -81,10 +81,11 @@ def alternate(count: int) -> None:
     joined, and every descriptor closed, before this returns: the master forks only with a
     single thread.
     """
-    helpers = [_Helper() for _ in range(2)]
+    helpers: list[_Helper] = []
     try:
-        for helper in helpers:
-            helper.thread.start()
+        for _ in range(2):
+            helpers.append(_Helper())
+            helpers[-1].thread.start()
         for n in range(count):
             if not helpers[n % 2].wake():
                 break  # it is gone; so is the point of going on
@@ -98,7 +99,12 @@ class _Helper:
 
     def __init__(self) -> None:
         self.wakes_r, self.wakes_w = os.pipe2(os.O_CLOEXEC)
-        self.replies_r, self.replies_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self.replies_r, self.replies_w = os.pipe2(os.O_CLOEXEC)
+        except OSError:
+            os.close(self.wakes_r)
+            os.close(self.wakes_w)
+            raise
         self.thread = threading.Thread(target=self._echo, name="wakee")
 
     def _echo(self) -> None:

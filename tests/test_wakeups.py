@@ -72,6 +72,26 @@ class TestAlternate:
         assert threading.active_count() == threads
         assert _open_fds() == fds
 
+    def test_a_helper_that_cannot_start_leaves_nothing_behind(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """No thread to be had for the second helper: the error reaches the caller (the pool logs
+        `wakeups_failed` and forks anyway), and the first helper and every pipe are gone."""
+        start = threading.Thread.start
+        started = 0
+
+        def second_fails(thread: threading.Thread) -> None:
+            nonlocal started
+            started += 1
+            if started == 2:
+                raise RuntimeError("can't start new thread")
+            start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", second_fails)
+        threads, fds = threading.active_count(), _open_fds()
+        with pytest.raises(RuntimeError):
+            alternate(10)
+        assert threading.active_count() == threads
+        assert _open_fds() == fds
+
 
 def _turned_on(target: int) -> WakeHistory:
     history = WakeHistory(target)
