@@ -47,10 +47,12 @@ class WakeHistory:
         self.target = target
         self.enabled = False  # the master turns it on once its first workers are ready
         self.level = 0.0  # the estimated count right after the last top-up
-        self.at = -math.inf  # time.monotonic() of the last top-up
+        self.at = 0.0  # time.monotonic() of the last top-up
 
     def estimate(self, now: float) -> float:
-        return self.level / 2 ** math.floor((now - self.at) / _HALF_LIFE) if self.level else 0.0
+        # A float power: long after the last top-up it underflows to 0.0, where an int power of
+        # two that large could not be converted to a float and would raise.
+        return self.level * math.pow(0.5, (now - self.at) // _HALF_LIFE)
 
     def top_up(self, blocked: Iterable[signal.Signals], now: float) -> int:
         """Wake helper threads until the count is back at the target; return how many wake-ups.

@@ -129,6 +129,13 @@ class TestWakeHistory:
         assert history.top_up((), now=104.5) == 56
 
     @linux_only
+    def test_an_hour_later_the_whole_target(self) -> None:
+        """However long since the last top-up (reloads an hour apart), the estimate is simply zero."""
+        history = _turned_on(target=50)
+        history.top_up((), now=100.0)
+        assert history.top_up((), now=3700.0) == 50
+
+    @linux_only
     def test_signal_mask_is_restored(self) -> None:
         """The master's signals are blocked only while the helpers live."""
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
