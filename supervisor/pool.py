@@ -151,8 +151,8 @@ class Pool:
         started = time.monotonic()
         try:
             wakeups = self.wakes.top_up(self.master_signals, started)
-        except (OSError, RuntimeError) as exc:  # no descriptor or thread to be had right now
-            self.log.warning("wakeups_failed", error=str(exc))
+        except Exception as exc:  # no descriptor or thread to be had, or a bug of ours: never fatal
+            self.log.warning("wakeups_failed", error=repr(exc))
             return
         if wakeups:
             duration = round(time.monotonic() - started, 4)

@@ -12,11 +12,13 @@ import os
 import signal
 import sys
 import threading
+from typing import Any
 
 import psutil
 import pytest
 
 from supervisor import wakeups
+from supervisor.pool import Pool
 from supervisor.wakeups import TARGET, WakeHistory, alternate
 from tests.conftest import Launcher, service
 
@@ -142,6 +144,29 @@ class TestWakeHistory:
         history = _turned_on(target=20)
         history.top_up((signal.SIGHUP, signal.SIGTERM), now=100.0)
         assert signal.pthread_sigmask(signal.SIG_BLOCK, ()) == mask
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.events.append((event, fields))
+
+
+class TestPool:
+    """A top-up that fails, however it fails, is logged and never keeps the pool from forking."""
+
+    @pytest.mark.parametrize("error", [OSError(24, "Too many open files"), OverflowError("a bug")])
+    def test_failure_is_a_warning(self, monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+        def failing(*args: Any) -> int:
+            raise error
+
+        log = _Log()
+        pool = Pool(None, -1, -1, (), None, log)  # type: ignore[arg-type]
+        monkeypatch.setattr(pool.wakes, "top_up", failing)
+        pool._top_up_wakes()
+        assert log.events == [("wakeups_failed", {"error": repr(error)})]
 
 
 @linux_only
