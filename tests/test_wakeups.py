@@ -7,11 +7,13 @@ the benchmark harness (README, Benchmarks), not asserted here.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -29,15 +31,24 @@ def _open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
+@contextlib.contextmanager
+def _nothing_left() -> Iterator[None]:
+    """The block ends with the threads and descriptors it began with (whatever it raised)."""
+    threads, fds = threading.active_count(), _open_fds()
+    try:
+        yield
+    finally:
+        assert threading.active_count() == threads
+        assert _open_fds() == fds
+
+
 class TestAlternate:
     """Waking two helper threads in turn leaves the caller as it found it."""
 
     def test_no_thread_or_descriptor_is_left(self) -> None:
         """Both helpers are joined and every pipe closed before it returns (the master forks next)."""
-        threads, fds = threading.active_count(), _open_fds()
-        alternate(200)
-        assert threading.active_count() == threads
-        assert _open_fds() == fds
+        with _nothing_left():
+            alternate(200)
 
     def test_the_two_helpers_take_turns(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Every wake-up goes to the other helper than the last: only a change of wakee counts."""
@@ -69,10 +80,8 @@ class TestAlternate:
             echo(helper)
 
         monkeypatch.setattr(wakeups._Helper, "_echo", failing_echo)
-        threads, fds = threading.active_count(), _open_fds()
-        alternate(50)  # returns: the second helper ended at once
-        assert threading.active_count() == threads
-        assert _open_fds() == fds
+        with _nothing_left():
+            alternate(50)  # returns: the second helper ended at once
 
     def test_a_helper_that_cannot_start_leaves_nothing_behind(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """No thread to be had for the second helper: the error reaches the caller (the pool logs
@@ -88,11 +97,8 @@ class TestAlternate:
             start(thread)
 
         monkeypatch.setattr(threading.Thread, "start", second_fails)
-        threads, fds = threading.active_count(), _open_fds()
-        with pytest.raises(RuntimeError):
+        with _nothing_left(), pytest.raises(RuntimeError):
             alternate(10)
-        assert threading.active_count() == threads
-        assert _open_fds() == fds
 
 
 def _turned_on(target: int) -> WakeHistory:
