@@ -100,7 +100,6 @@ def under_sighup(
         proc = wrk.start(server.port, load.connections, seconds, scripts[load.script])
         hups, last_hup = _hup_every_second(server, proc)
         runs["sighup"].append(wrk.finish(proc, seconds))
-        server.tree()  # remember the last generation's pids for cleanup (not during the run: CPU)
         progress(
             f"  sighup {server.name}: {runs['steady'][-1].rate:,.0f}/s steady, "
             f"{runs['sighup'][-1].rate:,.0f}/s with {hups} SIGHUPs, {runs['sighup'][-1].errors} errors"
@@ -141,7 +140,7 @@ def _hup_every_second(server: Server, proc: subprocess.Popen[str]) -> tuple[int,
 def _settle(server: Server, last_hup: float) -> None:
     """Until the old workers have drained away and the new ones are past their first second
     (fresh workers are slower: see supervisor/wakeups.py), so the next steady run measures
-    neither of them."""
+    neither of them. Reading the tree also remembers the last generation's pids for cleanup."""
     end = time.monotonic() + SETTLE_TIMEOUT
     while len(server.tree()) > server.contender.processes and time.monotonic() < end:
         time.sleep(0.1)
