@@ -28,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=int, help="length of each wrk run (default 3)")
     p.add_argument("--repeats", type=int, help="wrk runs per figure, the median is reported (default 3)")
     p.add_argument("--sighup-seconds", type=int, help="length of each SIGHUP run (default 5)")
-    p.add_argument("--startups", type=int, help="starts per server for the startup time (default 5)")
+    p.add_argument("--sighup-rounds", type=int, help="SIGHUP runs, each after one without (default 8)")
+    p.add_argument("--startups", type=int, help="starts per server for the startup time (default 15)")
     p.add_argument(
         "--set",
         action="append",
@@ -46,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
 def settings(args: argparse.Namespace) -> Settings:
     base = Settings()
     chosen = {**(QUICK if args.quick else {})}
-    for name in ("seconds", "repeats", "sighup_seconds", "startups"):
+    for name in ("seconds", "repeats", "sighup_seconds", "sighup_rounds", "startups"):
         if getattr(args, name) is not None:
             chosen[name] = getattr(args, name)
     keys = {**base.service_keys, **dict(_service_key(text) for text in args.set)}

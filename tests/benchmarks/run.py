@@ -30,7 +30,8 @@ class Settings:
     seconds: int = 3
     repeats: int = 3
     sighup_seconds: int = 5
-    startups: int = 5
+    sighup_rounds: int = 8  # per-round kept figures spread by about ±6 points: see measure.under_sighup
+    startups: int = 15  # single starts spread by about ±20%: see measure.startup
     workers: int = 2
     service_keys: dict[str, str] = field(
         default_factory=lambda: {"concurrency": '"thread"', "daemon_threads": "false"}
@@ -40,7 +41,7 @@ class Settings:
 
 POOL = "sockherd pool"  # sockherd with concurrency = "pool", for the connection-per-request load
 SIGHUPPED = ("sockherd", "gunicorn sync")  # the servers that get a SIGHUP every second
-QUICK = {"seconds": 1, "repeats": 1, "sighup_seconds": 4, "startups": 2}
+QUICK = {"seconds": 1, "repeats": 1, "sighup_seconds": 4, "sighup_rounds": 1, "startups": 2}
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Results:
     settings: Settings
     http: dict[str, dict[str, list[wrk.Result]]] = field(default_factory=dict)  # load key -> server -> runs
     memory: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # moment -> server -> USS each
-    sighup: dict[str, dict[str, wrk.Result]] = field(default_factory=dict)  # server -> steady/sighup
+    sighup: dict[str, dict[str, list[wrk.Result]]] = field(default_factory=dict)  # server -> kind -> rounds
     fairness: list[wrk.Result] = field(default_factory=list)
     echo: dict[str, list[wrk.Result]] = field(default_factory=dict)  # server -> runs
     startup: dict[str, list[float]] = field(default_factory=dict)  # server -> seconds
@@ -121,7 +122,7 @@ def _http(results: Results, workdir: Path, scripts: dict[str, Path]) -> None:
         for server in servers:
             if server.name in SIGHUPPED:
                 results.sighup[server.name] = measure.under_sighup(
-                    server, scripts, settings.sighup_seconds, settings.repeats
+                    server, scripts, settings.sighup_seconds, settings.sighup_rounds
                 )
 
 
