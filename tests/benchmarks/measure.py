@@ -76,8 +76,8 @@ def memory(servers: list[Server]) -> dict[str, list[int]]:
 def startup(fleet: Fleet, contenders: list[Contender], repeats: int) -> dict[str, list[float]]:
     """Seconds from starting the process to its first right answer, each start a fresh tree.
 
-    Single starts of one server spread by about ±20% on the benchmark's machine, and the two
-    servers' medians are about as far apart as that: the caller asks for many starts.
+    Single starts of one server spread by ±20% or more on the benchmark's machine, while the two
+    servers' medians are within a few percent of each other: the caller asks for many starts.
     """
     results: dict[str, list[float]] = {contender.name: [] for contender in contenders}
     for repeat in range(repeats):
@@ -99,8 +99,8 @@ def under_sighup(
     turn (so a drift of the machine's speed weighs on both alike); each kind's runs, in order.
 
     Many rounds, because one round says little on a shared host: on the benchmark's machine the
-    throughput kept in single rounds of one run spread over 88-106% (10 rounds, sockherd). The
-    report pools them (pooled()) and shows that spread.
+    throughput kept in single rounds spread over 73-115% in one day (sockherd), 86-115% within
+    one run. The report pools them (pooled()) and shows that spread.
     """
     runs: dict[str, list[wrk.Result]] = {"steady": [], "sighup": []}
     load = SIGHUP_LOAD
