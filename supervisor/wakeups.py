@@ -13,7 +13,7 @@ The master wakes almost nothing, so a worker forked from it starts every thread 
 zero. Measured on the benchmark's machine (2 cores, 16 keep-alive connections on 2 `thread`
 workers, the load generator on the same cores): for about 1.1 s after a reload the CPUs stood
 idle 8-10% of the time, against about 1% once the workers had served longer (`pool` workers
-alike), and the workers spent about 10% more CPU time per request; with 1,000 wake-ups by the
+alike), and the whole tree spent about 10% more CPU time per request; with 1,000 wake-ups by the
 master just before forking, the idle time stayed at the 1-3% of workers that had served longer.
 So before each fork after the first start, the master tops its count up to `TARGET` by waking two
 helper threads in turn. A wake-up and its reply cost about 40 µs of CPU time there, so a top-up

@@ -19,7 +19,7 @@ from tests.benchmarks import wrk
 from tests.benchmarks.contenders import Contender, Fleet, Server
 
 SETTLE_TIMEOUT = 30.0
-MATURE = 2.0  # seconds after a reload by which its workers serve as fast as older ones
+MATURE = 2.0  # seconds after a reload by which a generation serves as fast as an older one
 
 
 @dataclass(frozen=True)
@@ -148,8 +148,9 @@ def _hup_every_second(server: Server, proc: subprocess.Popen[str]) -> tuple[int,
 
 def _settle(server: Server, last_hup: float) -> None:
     """Until the old workers have drained away and the new ones are past their first second
-    (fresh workers are slower: see supervisor/wakeups.py), so the next steady run measures
-    neither of them. Reading the tree also remembers the last generation's pids for cleanup."""
+    (a generation that is all new leaves the CPUs idle more: see supervisor/wakeups.py), so the
+    next steady run measures neither of them. Reading the tree also remembers the last
+    generation's pids for cleanup."""
     end = time.monotonic() + SETTLE_TIMEOUT
     while len(server.tree()) > server.contender.processes and time.monotonic() < end:
         time.sleep(0.1)
