@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.benchmarks import contenders, report, wrk
+from tests.benchmarks import contenders, reloadcpu, report, wrk
 from tests.benchmarks import run as run_module
 from tests.benchmarks.contenders import Fleet, Server
 from tests.benchmarks.run import Results, Settings
@@ -168,3 +169,34 @@ def test_fairness_tally_names_each_worker(fleet: Fleet, tmp_path: Path) -> None:
     run = wrk.run(server.port, 4, 1, wrk.write_scripts(tmp_path)["tagged"])
     assert set(run.workers) <= {str(p.pid) for p in server.tree()[1:]}
     assert sum(run.workers.values()) == run.requests
+
+
+def test_reloadcpu_traces_the_master_and_both_signals() -> None:
+    text = reloadcpu.program(4321)
+    assert "args->pid == 4321" in text and "curtask->real_parent->tgid == 4321" in text
+    assert f"args->sig == {int(signal.SIGWINCH)}" in text and f"args->sig == {int(signal.SIGHUP)}" in text
+    assert "MASTER" not in text and "BIN_NS" not in text
+
+
+def test_reloadcpu_reports_ms_per_signal_steady_against_reload() -> None:
+    steady, reload = int(signal.SIGWINCH), int(signal.SIGHUP)
+    printed = "\n".join(
+        [
+            "Attaching 4 probes...",
+            "attached",
+            f"@ns[{steady}, old, 0]: 80000000",
+            f"@ns[{steady}, wrk, 1]: 16000000",
+            f"@ns[{reload}, master, 0]: 30000000",
+            f"@ns[{reload}, new, 20]: 60000000",
+            f"@ns[{reload}, wrk, 1]: 12000000",
+            f"@signals[{steady}]: 2",
+            f"@signals[{reload}]: 2",
+        ]
+    )
+    breakdown = reloadcpu.parse(printed)
+    assert breakdown.per_signal(steady, "old") == 40.0
+    assert breakdown.per_signal(reload, "master", range(1)) == 15.0
+    assert breakdown.per_signal(reload, "master", range(1, 40)) == 0.0
+    table = reloadcpu.report(breakdown)
+    assert "| wrk | 8.0 | 6.0 | -2.0 |" in table
+    assert "| 500 | 0.0 | 0.0 | 7.5 | 0.0 | 0.0 | 0.0 |" in table  # bins 20-23 averaged: 500-600 ms
