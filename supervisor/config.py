@@ -42,6 +42,11 @@ class Concurrency(enum.StrEnum):
     SYNC = "sync"
 
 
+class CpuAffinity(enum.StrEnum):
+    NONE = "none"  # the kernel places the workers' threads
+    AUTO = "auto"  # each worker on one CPU of the master's own, dealt round (supervisor.affinity)
+
+
 LOG_LEVELS = tuple(LEVELS)
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HANDLER = re.compile(r"[\w.]+:\w+")
@@ -70,6 +75,7 @@ class ServiceConfig(NamedTuple):
     max_requests: int = 0
     max_requests_jitter: int = 0
     max_rss: int = 0
+    cpu_affinity: CpuAffinity = CpuAffinity.NONE
 
 
 class SupervisorConfig(NamedTuple):
@@ -231,6 +237,7 @@ def _service(table: Table, name: str, base: Path) -> tuple[ServiceConfig, bool]:
         max_requests=table.integer("max_requests", 0, minimum=0),
         max_requests_jitter=table.integer("max_requests_jitter", 0, minimum=0),
         max_rss=table.integer("max_rss", 0, minimum=0),
+        cpu_affinity=_cpu_affinity(table, concurrency, known_concurrency),
     )
     table.finish()
     return service, not table.problems
@@ -265,6 +272,19 @@ def _daemon_threads(table: Table, concurrency: Concurrency, known: bool) -> bool
         fix=f'required for concurrency = "{concurrency}": set false to let in-flight requests finish '
         "at stop, or true to drop them at once",
     )
+
+
+def _cpu_affinity(table: Table, concurrency: Concurrency, known: bool) -> CpuAffinity:
+    value = CpuAffinity(table.choice("cpu_affinity", [a.value for a in CpuAffinity], "none"))
+    if value is CpuAffinity.AUTO and known and concurrency is Concurrency.FORK:
+        table.problem(
+            "cpu_affinity",
+            '"auto" would hold every request process of a "fork" worker to its one CPU; remove it, '
+            'or use concurrency = "thread", "pool" or "sync"',
+        )
+    elif value is CpuAffinity.AUTO and not hasattr(os, "sched_setaffinity"):
+        table.problem("cpu_affinity", '"auto" needs Linux (sched_setaffinity); remove it')
+    return value
 
 
 def _client_timeout(table: Table, stream: bool) -> float:

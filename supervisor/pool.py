@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from supervisor.affinity import cpu_for
 from supervisor.config import ServiceConfig
 from supervisor.reap import ExitStatus
 from supervisor.sockets import Listener
@@ -118,7 +119,8 @@ class Pool:
         listener = generation.listeners[service.name]
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         board, cell = self._seat(service, listener)
-        spec = self._spec(generation, service, index, write_fd)._replace(board=board, cell=cell)
+        cpu = cpu_for(generation.config.services, service, index, _allowed_cpus())
+        spec = self._spec(generation, service, index, write_fd)._replace(board=board, cell=cell, cpu=cpu)
         try:
             pid = fork_worker(spec, self.master_signals)
         except OSError:
@@ -143,7 +145,7 @@ class Pool:
         )
         self.workers[pid] = worker
         self.selector.register(read_fd, selectors.EVENT_READ, worker)
-        self.log.info("worker_spawned", **worker.fields())
+        self.log.info("worker_spawned", **worker.fields(), **({} if cpu is None else {"cpu": cpu}))
         return worker
 
     def _top_up_wakes(self) -> None:
@@ -306,6 +308,11 @@ class Pool:
         """Kill every worker together with its request children."""
         for worker in self:
             self.kill(worker)
+
+
+def _allowed_cpus() -> list[int]:
+    """The CPUs the master may run on, which pinned workers are dealt round (Linux)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
 def _signal_pid(pid: int, signum: signal.Signals) -> None:

@@ -127,6 +127,35 @@ def test_sighup_rounds_are_pooled_and_their_range_shown() -> None:
     assert (verdict.status, verdict.measured) == ("PASS", "96.8% (rounds 90-99%)")
 
 
+def test_sighup_is_judged_on_the_pinned_sockherd_with_the_configured_one_named() -> None:
+    """With a sockherd pinned (cpu_affinity = "auto") in the run, the target is its figure; the
+    configured sockherd's is shown, and either one's errors fail the errors target."""
+    configured = {"steady": [result(10000)], "sighup": [result(9000)]}
+    pinned = {"steady": [result(10000), result(10000)], "sighup": [result(9500), result(9900)]}
+    run = results(sighup={"sockherd": configured, run_module.PINNED: pinned})
+    [verdict] = [v for v in report.judge(run) if v.target.endswith("throughput kept")]
+    assert (verdict.status, verdict.measured) == ("PASS", "97.0% (pinned, rounds 95-99%, configured 90.0%)")
+    pinned["sighup"][0] = result(9500, errors=2)
+    assert (
+        verdicts(results(sighup={"sockherd": configured, run_module.PINNED: pinned}))[
+            "SIGHUP every second: sockherd's errors"
+        ]
+        == "FAIL"
+    )
+
+
+def test_pinned_sockherd_joins_unless_configured_or_forking(tmp_path: Path) -> None:
+    """The SIGHUP load gets a sockherd with cpu_affinity = "auto", unless the sockherd under test
+    is pinned already, or forks (where "auto" is refused)."""
+    [contender] = run_module._pinned(Settings(), tmp_path)
+    contender.command(8080)
+    assert contender.name == "sockherd pinned"
+    assert 'cpu_affinity = "auto"' in (tmp_path / "sockherd-8080.toml").read_text()
+    pinned = Settings(service_keys={**Settings().service_keys, "cpu_affinity": '"auto"'})
+    assert run_module._pinned(pinned, tmp_path) == []
+    assert run_module._pinned(Settings(service_keys={"concurrency": '"fork"'}), tmp_path) == []
+
+
 def test_targets_without_gunicorn_are_skipped() -> None:
     """A run without gunicorn SKIPs the four comparisons with it and judges the rest."""
     http = {key: {k: v for k, v in by.items() if k != "gunicorn sync"} for key, by in results().http.items()}

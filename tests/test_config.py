@@ -570,6 +570,33 @@ class TestKeysThatDoNotApply:
         assert message.startswith("only applies to ") and message.endswith("; remove it")
 
 
+class TestCpuAffinity:
+    """cpu_affinity is "none" (the default) or "auto"; "auto" refuses a "fork" service."""
+
+    @pytest.mark.parametrize(
+        ("protocol", "concurrency"), [("tcp", "thread"), ("tcp", "pool"), ("udp", "sync")]
+    )
+    def test_auto_is_accepted(self, tmp_path: Path, protocol: str, concurrency: str) -> None:
+        path = write_config(tmp_path, {"a": service(protocol, concurrency, cpu_affinity="auto")})
+        assert_ok(check(path), path)
+        assert config.load(path).services[0].cpu_affinity is config.CpuAffinity.AUTO
+
+    def test_none_is_the_default(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, {"a": service()})
+        assert config.load(path).services[0].cpu_affinity is config.CpuAffinity.NONE
+
+    def test_other_values_are_refused(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, {"a": service(cpu_affinity="yes")})
+        message = only_problem(check(path), path, "services.a.cpu_affinity")
+        assert message == 'must be one of "none", "auto", got "yes"'
+
+    def test_auto_with_fork_names_the_fix(self, tmp_path: Path) -> None:
+        """Every request process of a fork worker would share its one CPU."""
+        path = write_config(tmp_path, {"a": service("tcp", "fork", cpu_affinity="auto")})
+        message = only_problem(check(path), path, "services.a.cpu_affinity")
+        assert "fork" in message and message.endswith('use concurrency = "thread", "pool" or "sync"')
+
+
 class TestListenAddresses:
     """listen must be "HOST:PORT", "[IPV6]:PORT" or (for unix protocols) a short enough path."""
 
@@ -895,6 +922,7 @@ SERVICE_KEYS = [
     "backlog",
     "socket_mode",
     "max_packet_size",
+    "cpu_affinity",
 ]
 SUPERVISOR_KEYS = ["runtime_dir", "graceful_timeout", "log_level", "pythonpath"]
 # Strings that mean something to some key, right or wrong, so random tables hit the real checks.
@@ -929,6 +957,8 @@ LIKELY_STRINGS = [
     "0660",
     "0999",
     "rw",
+    "auto",
+    "none",
 ]
 
 bare_keys = st.from_regex(r"[A-Za-z0-9_-]{1,70}", fullmatch=True)

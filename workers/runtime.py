@@ -66,6 +66,7 @@ class WorkerSpec(NamedTuple):
     lifeline_fd: int
     board: Board | None = None  # shared with the siblings on this listener (workers.balance)
     cell: int = 0  # this worker's cell on `board`
+    cpu: int | None = None  # the one CPU to run on (cpu_affinity = "auto"); None: any
 
     @property
     def stream(self) -> bool:
@@ -83,6 +84,8 @@ def worker_main(spec: WorkerSpec) -> int:
         generation=spec.generation,
     )
     output.capture_stdio()
+    if spec.cpu is not None:
+        _pin(spec.cpu)
     signals = SignalQueue(_SIGNALS)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the master forked us with signals blocked
     server = boot(spec)
@@ -96,6 +99,14 @@ def worker_main(spec: WorkerSpec) -> int:
         server.gate = gate = Gate(spec.board, spec.cell)
         monitor.open_requests = lambda: gate.open  # the count the siblings see, kept under a lock
     return Worker(spec, server, signals).run()
+
+
+def _pin(cpu: int) -> None:
+    """Run on `cpu` only: this thread now, every thread it starts later (cpu_affinity = "auto")."""
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as exc:  # taken away since the master looked (a cpuset, a CPU gone offline)
+        logs.get_logger().warning("cpu_affinity_failed", cpu=cpu, error=str(exc))
 
 
 def boot(spec: WorkerSpec) -> Adoptable | None:

@@ -40,7 +40,8 @@ class Settings:
 
 
 POOL = "sockherd pool"  # sockherd with concurrency = "pool", for the connection-per-request load
-SIGHUPPED = ("sockherd", "gunicorn sync")  # the servers that get a SIGHUP every second
+PINNED = "sockherd pinned"  # sockherd with cpu_affinity = "auto", on which SIGHUP is judged
+SIGHUPPED = ("sockherd", PINNED, "gunicorn sync")  # the servers that get a SIGHUP every second
 QUICK = {"seconds": 1, "repeats": 1, "sighup_seconds": 4, "sighup_rounds": 1, "startups": 2}
 
 
@@ -94,6 +95,18 @@ def _pool(settings: Settings, workdir: Path) -> list[Contender]:
     return [dataclasses.replace(contender, name=POOL)]
 
 
+def _pinned(settings: Settings, workdir: Path) -> list[Contender]:
+    """sockherd with cpu_affinity = "auto" (each worker on a CPU of its own), for the SIGHUP load,
+    unless the sockherd configured is pinned already or cannot be ("fork")."""
+    keys = settings.service_keys
+    concurrency = tomllib.loads("c = " + keys.get("concurrency", '"thread"'))["c"]
+    affinity = tomllib.loads("a = " + keys.get("cpu_affinity", '"none"'))["a"]
+    if affinity == "auto" or concurrency == "fork":
+        return []
+    contender = contenders.sockherd(workdir, HELLO, settings.workers, keys | {"cpu_affinity": '"auto"'})
+    return [dataclasses.replace(contender, name=PINNED)]
+
+
 def _gunicorn(settings: Settings, workdir: Path, *worker_classes: str) -> list[Contender]:
     if not settings.gunicorn:
         return []
@@ -109,14 +122,15 @@ def _startup(results: Results, workdir: Path, scripts: dict[str, Path]) -> None:
 
 def _http(results: Results, workdir: Path, scripts: dict[str, Path]) -> None:
     settings = results.settings
-    field_ = [_sockherd(settings, workdir, HELLO), *_pool(settings, workdir), contenders.stdlib("http")]
+    field_ = [_sockherd(settings, workdir, HELLO), *_pool(settings, workdir), *_pinned(settings, workdir)]
+    field_ += [contenders.stdlib("http")]
     field_ += _gunicorn(settings, workdir, "sync", "gthread")
     with contenders.fleet(workdir) as fleet:
         servers = _ready(fleet, field_)
         measure.warm_up(servers, scripts, measure.HTTP_LOADS[1])
         results.memory["after warm-up"] = measure.memory(servers)
         for load in measure.HTTP_LOADS:
-            takers = [s for s in servers if s.name != POOL or load.script == "close"]
+            takers = [s for s in servers if s.name != PINNED and (s.name != POOL or load.script == "close")]
             results.http[load.key] = measure.rounds(takers, scripts, load, settings.seconds, settings.repeats)
         results.memory["after load"] = measure.memory(servers)
         for server in servers:
