@@ -115,11 +115,12 @@ class Pool:
         return min(waiting, default=None)
 
     def spawn(self, generation: Generation, service: ServiceConfig, index: int) -> Worker:
-        self._top_up_wakes()
+        cpu = cpu_for(generation.config.services, service, index, _allowed_cpus())
+        if cpu is None:  # the kernel places a pinned worker's threads by no count (supervisor.wakeups)
+            self._top_up_wakes()
         listener = generation.listeners[service.name]
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         board, cell = self._seat(service, listener)
-        cpu = cpu_for(generation.config.services, service, index, _allowed_cpus())
         spec = self._spec(generation, service, index, write_fd)._replace(board=board, cell=cell, cpu=cpu)
         try:
             pid = fork_worker(spec, self.master_signals)

@@ -19,7 +19,9 @@ So before each fork after the first start, the master tops its count up to `TARG
 helper threads in turn. A wake-up and its reply cost about 40 µs of CPU time there, so a top-up
 costs up to ~40 ms, and about half of that when reloads come every second. Net of that, with a
 SIGHUP every second the throughput kept went from 87.7% to 91.3% (10 interleaved rounds). The
-first start goes without, so start-up stays as quick.
+first start goes without, so start-up stays as quick. A worker pinned to one CPU
+(cpu_affinity = "auto") goes without too: the kernel consults the counts only to choose a CPU
+for a thread that may run on more than one.
 
 TARGET counts wake-ups, not the kernel's units. Read with bpftrace, each raised the master's
 count by only about half a step (a wake-up often finds its helper still running): with 1,000 the

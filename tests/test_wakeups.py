@@ -22,7 +22,7 @@ import pytest
 from supervisor import wakeups
 from supervisor.pool import Pool
 from supervisor.wakeups import TARGET, WakeHistory, alternate
-from tests.conftest import Launcher, service
+from tests.conftest import Launcher, render_config, service
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="the count exists on Linux only")
 
@@ -198,3 +198,16 @@ class TestMaster:
         os.kill(daemon.workers("svc")[0], signal.SIGKILL)
         daemon.wait_for("worker_ready", count=2)
         assert daemon.events("wakeups_topped_up")
+
+    def test_pinned_workers_go_without(self, sockherd: Launcher) -> None:
+        """cpu_affinity = "auto": the kernel places no thread of such a worker by the counts, so a
+        reload of a pinned service tops nothing up; an unpinned one beside it still does."""
+        daemon = sockherd.start({"pinned": service(workers=2, cpu_affinity="auto")})
+        daemon.send(signal.SIGHUP)
+        daemon.wait_for("reload_done")
+        assert not daemon.events("wakeups_topped_up")
+        rewrite_services = {"pinned": service(workers=2, cpu_affinity="auto"), "free": service(workers=1)}
+        daemon.config_path.write_text(render_config(rewrite_services, sockherd.supervisor_defaults()))
+        daemon.send(signal.SIGHUP)
+        daemon.wait_for("reload_done", count=2)
+        assert len(daemon.events("wakeups_topped_up")) == 1  # before the one unpinned fork

@@ -2,7 +2,7 @@
 
     .venv/bin/pip install -e '.[dev,bench]' && .venv/bin/python -m tests.benchmarks
 
-Needs wrk (`apt-get install wrk`). Takes about 8 minutes (`--quick`: under 1). Prints the
+Needs wrk (`apt-get install wrk`). Takes about 10 minutes (`--quick`: under 1). Prints the
 machine, a table of medians and ratios, and each speed target with PASS or FAIL, in Markdown.
 
 Modules: run (the plan), contenders (starting and stopping the servers), measure (the

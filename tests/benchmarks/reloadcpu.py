@@ -4,9 +4,10 @@ Needs Linux, root and bpftrace (`apt-get install bpftrace`; tracefs at /sys/kern
 part of the benchmark: a diagnostic for whoever works on the cost of a reload, with far less
 noise than the throughput it explains.
 
-It starts the benchmark's sockherd (2 "thread" workers, the HTTP hello handler), loads it with
-wrk at 16 keep-alive connections, and signals the master every second: SIGWINCH, which the master
-ignores, in the steady runs; SIGHUP in the reload runs, which alternate with them. bpftrace
+It starts the benchmark's sockherd (2 "thread" workers, the HTTP hello handler; `--pinned`: with
+cpu_affinity = "auto"), loads it with wrk at 16 keep-alive connections, and signals the master
+every second: SIGWINCH, which the master ignores, in the steady runs; SIGHUP in the reload runs,
+which alternate with them. bpftrace
 charges every slice of CPU time (sched:sched_switch) to who ran it: the master (its helper
 threads included), workers started before the last signal ("old"), workers started after it
 ("new"), wrk, the idle task, or anything else; into 25 ms bins after the last signal. Signals
@@ -150,12 +151,14 @@ def _attached(bpftrace: subprocess.Popen[bytes], output: Path) -> None:
 
 
 def measure_reloads(
-    workdir: Path, seconds: int, rounds: int, progress: bool = True
+    workdir: Path, seconds: int, rounds: int, pinned: bool = False, progress: bool = True
 ) -> tuple[Breakdown, float]:
-    """The CPU time breakdown, and the throughput kept with SIGHUPs (pooled, 1.0 is all)."""
+    """The CPU time breakdown, and the throughput kept with SIGHUPs (pooled, 1.0 is all); with
+    `pinned`, of a sockherd with cpu_affinity = "auto"."""
     scripts = wrk.write_scripts(workdir)
     output = workdir / "bpftrace.txt"
-    contender = contenders.sockherd(workdir, HELLO, 2, Settings().service_keys)
+    keys = Settings().service_keys | ({"cpu_affinity": '"auto"'} if pinned else {})
+    contender = contenders.sockherd(workdir, HELLO, 2, keys)
     results: dict[int, list[wrk.Result]] = {int(STEADY): [], int(RELOAD): []}
     with contenders.fleet(workdir) as fleet:
         server = fleet.start(contender)
@@ -198,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seconds", type=int, default=20, help="length of each wrk run (default 20)")
     p.add_argument("--rounds", type=int, default=2, help="steady and SIGHUP runs, in turn (default 2 each)")
+    p.add_argument("--pinned", action="store_true", help='the sockherd with cpu_affinity = "auto"')
     args = p.parse_args(argv)
     missing = [tool for tool in ("bpftrace", "wrk") if shutil.which(tool) is None]
     if missing or os.geteuid() != 0:
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reloadcpu needs root, bpftrace and wrk; lacking: {lacking}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="sockherd-reloadcpu-") as workdir:
-        breakdown, kept = measure_reloads(Path(workdir), args.seconds, args.rounds)
+        breakdown, kept = measure_reloads(Path(workdir), args.seconds, args.rounds, args.pinned)
     print(f"Throughput with SIGHUPs: {100 * kept:.1f}% of steady (wrk's requests, runs pooled)\n")
     print(report(breakdown))
     return 0
