@@ -5,11 +5,13 @@ slots 0..n-1, then the next service's) and dealt round the CPUs the master itsel
 its own affinity, which systemd's CPUAffinity= or taskset set. A worker that replaces another
 of the same slot, on a respawn or a reload, gets the same CPU.
 
-Why: a worker serves with one thread at a time (the GIL), so one CPU is all it uses, and a
-pinned worker's threads are never moved between CPUs. Measured with two `thread` workers on two
-CPUs under keep-alive load: the kernel moved the threads of new workers about 1,000 more times
-in the second after each reload, and left the CPUs idle meanwhile; pinned, the throughput with a
-SIGHUP every second stayed at that without (see the README's benchmarks).
+Why: a worker runs one Python thread at a time (the GIL), so one CPU is nearly all it uses, and
+a pinned worker's threads are never moved between CPUs. Measured with two `thread` workers on two
+CPUs under keep-alive load: in the second after each reload the kernel moved threads between
+the CPUs about 1,000 times more than without one, and left the CPUs partly idle meanwhile;
+pinned, with a SIGHUP every second the throughput kept 96-101% of that without, against 92-97%
+unpinned (see the README's benchmarks). Everything a pinned worker starts inherits its CPU: its
+threads, and any process its handler runs.
 """
 
 from __future__ import annotations

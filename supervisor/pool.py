@@ -116,7 +116,7 @@ class Pool:
 
     def spawn(self, generation: Generation, service: ServiceConfig, index: int) -> Worker:
         cpu = cpu_for(generation.config.services, service, index, _allowed_cpus())
-        if cpu is None:  # the kernel places a pinned worker's threads by no count (supervisor.wakeups)
+        if cpu is None:  # a pinned worker's threads are placed by no count: see supervisor.wakeups
             self._top_up_wakes()
         listener = generation.listeners[service.name]
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
