@@ -149,6 +149,9 @@ class Reloader:
             self.queued = True
             self.log.info("reload_queued")
             return self.attempts + 1
+        # A request queued during the reload that just ended is answered by this one, which reads
+        # the config after it: left set, it would start one more reload after this one for nothing.
+        self.queued = False
         self._start()
         return self.attempts
 

@@ -10,11 +10,13 @@ import signal
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psutil
 import pytest
 
+from supervisor.reload import Reloader
 from tests.conftest import (
     DEADLINE,
     TESTS_DIR,
@@ -681,6 +683,31 @@ class TestDuringReload:
         barrier(daemon)
         assert [e["generation"] for e in daemon.events("reload_started")] == [2, 3]
         assert not daemon.events("reload_failed")
+
+    def test_a_reload_started_directly_answers_the_queued_request(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A SIGHUP handled between one reload's end and the start of the one queued during it
+        starts that one itself: nothing is left queued to start a further reload for nothing
+        (which a SIGHUP every 100 ms once caught, as one reload more than was asked for)."""
+        pool = SimpleNamespace(
+            log=SimpleNamespace(info=lambda *a, **k: None), current=SimpleNamespace(number=1)
+        )
+        reloader = Reloader(pool, -1, "", SimpleNamespace())  # type: ignore[arg-type]
+
+        def start() -> None:
+            reloader.attempts += 1
+            reloader.under_way = SimpleNamespace()  # type: ignore[assignment]
+
+        monkeypatch.setattr(reloader, "_start", start)
+        assert reloader.request() == 1  # starts
+        assert reloader.request() == 2  # queued: answered by the next attempt
+        reloader.under_way = None  # reload 1 committed; the queued one has not started yet
+        assert reloader.request() == 2  # this SIGHUP starts attempt 2, the one promised
+        assert not reloader.queued
+        reloader.under_way = None  # attempt 2 committed
+        reloader.advance(0.0)
+        assert reloader.attempts == 2  # and nothing more starts
 
     def test_sigterm_during_reload_stops_gracefully(
         self, sockherd: Launcher, modules: Path, tmp_path: Path
