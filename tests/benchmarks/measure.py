@@ -6,6 +6,7 @@ machine hurts every server alike instead of whichever happened to be measured th
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import statistics
@@ -107,7 +108,7 @@ def under_sighup(
     for _ in range(rounds):
         runs["steady"].append(wrk.run(server.port, load.connections, seconds, scripts[load.script]))
         proc = wrk.start(server.port, load.connections, seconds, scripts[load.script])
-        hups, last_hup = _hup_every_second(server, proc)
+        hups, last_hup = signal_every_second(server, proc)
         runs["sighup"].append(wrk.finish(proc, seconds))
         progress(
             f"  sighup {server.name}: {runs['steady'][-1].rate:,.0f}/s steady, "
@@ -128,22 +129,26 @@ def pooled(results: list[wrk.Result]) -> wrk.Result:
     )
 
 
-def _hup_every_second(server: Server, proc: subprocess.Popen[str]) -> tuple[int, float]:
-    """Until wrk ends; how many were sent, and when the last was (time.monotonic()).
+def signal_every_second(
+    server: Server, proc: subprocess.Popen[str], signum: int = signal.SIGHUP, until: float = math.inf
+) -> tuple[int, float]:
+    """Send `signum` to the master every second until wrk ends, or until `until`
+    (time.monotonic()) if that comes first; how many were sent, and when the last was.
 
     Nothing else runs here meanwhile: the harness shares the cores with the server, and a scan
     of the process table after each SIGHUP would be counted against the SIGHUP runs alone.
     """
-    hups, last = 0, 0.0
-    next_hup = time.monotonic() + 1.0
-    while True:
+    sent, last = 0, 0.0
+    next_at = time.monotonic() + 1.0
+    while next_at < until:
         try:
-            proc.wait(max(0.0, next_hup - time.monotonic()))
-            return hups, last
+            proc.wait(max(0.0, next_at - time.monotonic()))
+            break
         except subprocess.TimeoutExpired:
-            os.kill(server.pid, signal.SIGHUP)
-            hups, last = hups + 1, time.monotonic()
-            next_hup += 1.0
+            os.kill(server.pid, signum)
+            sent, last = sent + 1, time.monotonic()
+            next_at += 1.0
+    return sent, last
 
 
 def _settle(server: Server, last_hup: float) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.benchmarks import contenders, measure, wrk
-from tests.benchmarks.contenders import HELLO, Server
+from tests.benchmarks.contenders import HELLO
 from tests.benchmarks.run import Settings
 
 WHO = ("master", "old", "new", "wrk", "idle", "other")
@@ -127,20 +127,6 @@ def report(breakdown: Breakdown) -> str:
     return "\n".join(lines)
 
 
-def _signal_every_second(server: Server, proc: subprocess.Popen[str], signum: int, seconds: int) -> float:
-    """Signal the master every second while wrk has more than a second left; the last time sent."""
-    started = time.monotonic()
-    last, next_at = started, started + 1.0
-    while next_at < started + seconds - 1.0:
-        try:
-            proc.wait(max(0.0, next_at - time.monotonic()))
-            break
-        except subprocess.TimeoutExpired:
-            os.kill(server.pid, signum)
-            last, next_at = time.monotonic(), next_at + 1.0
-    return last
-
-
 def _attached(bpftrace: subprocess.Popen[bytes], output: Path) -> None:
     """Until bpftrace's BEGIN ran (every probe is attached), or raise with what it said."""
     end = time.monotonic() + ATTACH_TIMEOUT
@@ -173,7 +159,10 @@ def measure_reloads(
             for _ in range(rounds):
                 for signum in (STEADY, RELOAD):
                     proc = wrk.start(server.port, 16, seconds, scripts["keep-alive"])
-                    last = _signal_every_second(server, proc, signum, seconds)
+                    # Stop a second before wrk does, so that every bin after a signal is under load.
+                    _, last = measure.signal_every_second(
+                        server, proc, signum, time.monotonic() + seconds - 1.0
+                    )
                     results[signum].append(wrk.finish(proc, seconds))
                     if progress:
                         rate = results[signum][-1].rate

@@ -87,7 +87,7 @@ def _pool(settings: Settings, workdir: Path) -> list[Contender]:
     """sockherd with concurrency = "pool" (threads reused: no thread start per connection), unless
     the sockherd configured is that already."""
     keys = settings.service_keys
-    if tomllib.loads("c = " + keys.get("concurrency", '"thread"'))["c"] == "pool":
+    if _value(keys, "concurrency", '"thread"') == "pool":
         return []
     keys = {key: value for key, value in keys.items() if key != "max_children"}  # fork only
     keys |= {"concurrency": '"pool"', "daemon_threads": keys.get("daemon_threads", "false")}
@@ -99,12 +99,15 @@ def _pinned(settings: Settings, workdir: Path) -> list[Contender]:
     """sockherd with cpu_affinity = "auto" (each worker on a CPU of its own), for the SIGHUP load,
     unless the sockherd configured is pinned already or cannot be ("fork")."""
     keys = settings.service_keys
-    concurrency = tomllib.loads("c = " + keys.get("concurrency", '"thread"'))["c"]
-    affinity = tomllib.loads("a = " + keys.get("cpu_affinity", '"none"'))["a"]
-    if affinity == "auto" or concurrency == "fork":
+    if _value(keys, "cpu_affinity", '"none"') == "auto" or _value(keys, "concurrency", '"thread"') == "fork":
         return []
     contender = contenders.sockherd(workdir, HELLO, settings.workers, keys | {"cpu_affinity": '"auto"'})
     return [dataclasses.replace(contender, name=PINNED)]
+
+
+def _value(keys: dict[str, str], key: str, default: str) -> object:
+    """What the raw TOML value of `key` in sockherd's service keys (or `default`) reads as."""
+    return tomllib.loads(f"v = {keys.get(key, default)}")["v"]
 
 
 def _gunicorn(settings: Settings, workdir: Path, *worker_classes: str) -> list[Contender]:
