@@ -53,6 +53,8 @@ class Commands(Protocol):
 
 @dataclass(eq=False)
 class Client:
+    """One connection to the control socket: what it sent and what it is still owed."""
+
     sock: socket.socket
     uid: int
     inbox: bytes = b""

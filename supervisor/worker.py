@@ -37,6 +37,8 @@ GONE = (WorkerState.RETIRING, WorkerState.STOPPING)  # no longer fill their slot
 
 @dataclass(eq=False)  # a worker is itself, whatever its fields say
 class Worker:
+    """One worker process, as the master knows it: where it serves, how it is, what it said."""
+
     pid: int
     service: str
     slot: int
@@ -74,6 +76,8 @@ class Worker:
 
 @dataclass(eq=False)
 class Slot:
+    """A worker's place in its pool: how often it failed in a row, and when it may start again."""
+
     failures: int = 0
     not_before: float = 0.0
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from supervisor import cli as cli_module
 from supervisor.control import CONTROL_SOCKET
 from tests.conftest import Daemon, Launcher, gone, in_flight, run_cli, service, wait_until
 from tests.test_reload import rewrite
@@ -202,3 +203,34 @@ class TestScaleAndReopenLogs:
     def test_reopen_logs_not_running(self, stopped: Daemon) -> None:
         """Nothing to reopen logs in: exit 7."""
         assert cli(stopped, "reopen-logs").returncode == 7
+
+
+class TestCommandLine:
+    """`main` builds only the parser of the command named (a start counts its milliseconds); the
+    help and the errors still know every command and its options."""
+
+    def test_only_the_named_command_is_built(self) -> None:
+        """The word naming a command, whatever options come first; None for a typo or none."""
+        assert cli_module._command(["run", "-c", "x.toml"]) == "run"
+        assert cli_module._command(["-h", "logs", "-f"]) == "logs"
+        assert cli_module._command(["--version"]) is None
+        assert cli_module._command(["rnu"]) is None
+        parsed = cli_module._parser("scale").parse_args(["scale", "svc", "3"])
+        assert (parsed.service, parsed.workers) == ("svc", 3)
+
+    def test_help_lists_every_command(self) -> None:
+        result = run_cli("--help")
+        assert result.returncode == 0
+        assert all(name in result.stdout for name in [*cli_module.COMMANDS, "logs"])
+
+    def test_a_typo_lists_every_command(self) -> None:
+        result = run_cli("rnu")
+        assert result.returncode == 2
+        assert "invalid choice: 'rnu'" in result.stderr and "'reopen-logs', 'logs'" in result.stderr
+
+    def test_each_command_keeps_its_options(self) -> None:
+        """A command's own options parse when it is the one built."""
+        assert run_cli("stop", "--timeout", "x").stderr.endswith("invalid float value: 'x'\n")
+        assert "--daemon" in run_cli("run", "--help").stdout
+        assert "--json" in run_cli("status", "--help").stdout
+        assert "--follow" in run_cli("logs", "--help").stdout

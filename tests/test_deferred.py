@@ -1,6 +1,6 @@
-"""workers.deferred: structlog and http.server are imported without the modules they import
-for calls sockherd never makes, and those still work when used; and a started worker (so the
-master up to its first fork) has imported none of the modules start-up does without."""
+"""workers.deferred: structlog, http.server and dataclasses are imported without the modules
+they import for calls sockherd never makes, and those still work when used; and a started worker
+(so the master up to its first fork) has imported none of the modules start-up does without."""
 
 from __future__ import annotations
 
@@ -95,12 +95,41 @@ def test_email_dates_still_convert() -> None:
     assert _run(code).splitlines() == ["False", "60", "module"]
 
 
+def test_file_types_and_archives_still_work() -> None:
+    """http.server's deferred mimetypes and shutil's compressors work when used: a file's type,
+    a bzip2 archive."""
+    code = """
+        import sys, workers.keepalive, http.server, shutil, tarfile, tempfile
+        print(sorted({"mimetypes", "bz2", "lzma", "zlib"} & set(sys.modules)))
+        print(http.server.mimetypes.guess_type("a.txt")[0])
+        with tempfile.TemporaryDirectory() as d:
+            print(tarfile.is_tarfile(shutil.make_archive(d + "/a", "bztar", d + "/..", ".")))
+        print("bztar" in dict(shutil.get_archive_formats()))
+    """
+    assert _run(code).splitlines() == ["[]", "text/plain", "True", "True"]
+
+
+def test_dataclass_without_docstring_still_gets_one() -> None:
+    """dataclasses' deferred inspect writes the docstring of a class without one."""
+    code = """
+        import sys, workers, dataclasses
+        print('inspect' in sys.modules)
+        @dataclasses.dataclass
+        class Point:
+            x: int
+        print(Point.__doc__, type(sys.modules['inspect']).__name__)
+    """
+    assert _run(code).splitlines() == ["False", "Point(x: int) module"]
+
+
 def test_run_imports_none_of_the_deferred() -> None:
     """`sockherd run` starts without asyncio, ssl, uuid, logging and structlog's bridge to it,
-    calendar, difflib, the log viewer or python-daemon."""
+    calendar, inspect, mimetypes, shutil's compressors, difflib, the log viewer or
+    python-daemon."""
     code = """
         import sys, supervisor.cli
         deferred = {"asyncio", "ssl", "uuid", "logging", "structlog.stdlib", "difflib", "calendar"}
+        deferred |= {"inspect", "mimetypes", "bz2", "lzma", "zlib"}
         deferred |= {"supervisor.logview", "daemon"}
         print(sorted(deferred & set(sys.modules)))
     """
@@ -124,6 +153,7 @@ def test_a_started_worker_has_imported_none_of_the_deferred(sockherd: Launcher, 
     nothing imports a deferred module, difflib (a config without stray keys), psutil, or the
     idna codec that getaddrinfo would import for a str host."""
     unwanted = {"asyncio", "ssl", "uuid", "logging", "structlog.stdlib", "difflib", "psutil", "calendar"}
+    unwanted |= {"inspect", "mimetypes", "bz2", "lzma", "zlib"}
     unwanted |= {"encodings.idna", "unicodedata", "supervisor.logview", "daemon"}
     (tmp_path / "peek.py").write_text(PEEK.format(unwanted=unwanted, out=str(tmp_path / "seen")))
     daemon = sockherd.start(

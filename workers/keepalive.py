@@ -11,7 +11,10 @@ from __future__ import annotations
 from workers.deferred import deferred
 from workers.loader import HandlerClass
 
-with deferred("ssl", "calendar"):  # HTTPSConnection; email's date parsing: see workers.deferred
+# HTTPSConnection; email's date parsing; SimpleHTTPRequestHandler's file types (mimetypes); and
+# shutil's archive formats (argparse imports shutil too, for the terminal's width). Not html:
+# every error page (send_error) uses it. See workers.deferred.
+with deferred("ssl", "calendar", "mimetypes", "bz2", "lzma", "zlib"):
     from http.server import BaseHTTPRequestHandler
 
 
