@@ -8,6 +8,7 @@ log file (or the journal).
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,6 +89,8 @@ def _add_options(commands: dict[str, argparse.ArgumentParser]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser(_command(sys.argv[1:] if argv is None else argv)).parse_args(argv)
+    if args.command != "run":
+        gc.enable()  # off for start-up (supervisor.__main__); `run` turns it on before it forks
     if args.command == "logs":
         from supervisor import logview  # not needed by `run`, whose start-up time counts
 

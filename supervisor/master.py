@@ -109,6 +109,7 @@ class Master:
         # garbage cycles for ever. The warm-up first: what it writes is then shared too.
         prewarm.request_path()
         gc.freeze()
+        gc.enable()  # off since the program started: see supervisor.__main__
         try:
             self._tick(time.monotonic())
             while self.state is not State.STOPPED:

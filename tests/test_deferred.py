@@ -12,10 +12,10 @@ from pathlib import Path
 from tests.conftest import TESTS_DIR, Launcher, service
 
 
-def _run(code: str) -> str:
-    """Run `code` in a fresh interpreter and return what it printed."""
+def _run(code: str, check: bool = True) -> str:
+    """Run `code` in a fresh interpreter and return what it printed (`check`: it must exit 0)."""
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60, check=check
     )
     return done.stdout.strip()
 
@@ -127,7 +127,7 @@ def test_run_imports_none_of_the_deferred() -> None:
     calendar, inspect, mimetypes, shutil's compressors, difflib, the log viewer or
     python-daemon."""
     code = """
-        import sys, supervisor.cli
+        import sys, supervisor.__main__
         deferred = {"asyncio", "ssl", "uuid", "logging", "structlog.stdlib", "difflib", "calendar"}
         deferred |= {"inspect", "mimetypes", "bz2", "lzma", "zlib"}
         deferred |= {"supervisor.logview", "daemon"}
@@ -162,3 +162,31 @@ def test_a_started_worker_has_imported_none_of_the_deferred(sockherd: Launcher, 
     )
     assert daemon.events("worker_ready")
     assert (tmp_path / "seen").read_text() == "none"
+
+
+COLLECTOR = """\
+import gc
+from pathlib import Path
+
+Path({out!r}).write_text(str(gc.isenabled()))
+from handlers import CommandStreamHandler as Handler
+"""
+
+
+def test_the_collector_is_off_only_while_starting(sockherd: Launcher, tmp_path: Path) -> None:
+    """The program starts with the cyclic collector off (supervisor.__main__); a command other
+    than `run` turns it on once parsed, and `run` before its first fork, so workers have it on."""
+    code = """
+        import gc, supervisor.__main__ as program
+        print(gc.isenabled())
+        program.main(["check", "-c", "/nonexistent/sockherd.toml"])
+        print(gc.isenabled())
+    """
+    assert _run(code, check=False) == "False\nTrue"
+    (tmp_path / "collector.py").write_text(COLLECTOR.format(out=str(tmp_path / "enabled")))
+    daemon = sockherd.start(
+        {"svc": service("tcp", handler="collector:Handler", listen="127.0.0.1:0")},
+        pythonpath=[str(TESTS_DIR), str(tmp_path)],
+    )
+    assert daemon.events("worker_ready")
+    assert (tmp_path / "enabled").read_text() == "True"

@@ -4,12 +4,16 @@ structlog imports asyncio (which brings ssl, subprocess and concurrent.futures) 
 logging methods alone, uuid for its deprecated thread-local contexts, and the standard library's
 logging for its bridge to it (structlog.stdlib), which sockherd does not use; http.server imports
 http.client, which imports ssl for HTTPSConnection, and the email package, which imports
-calendar for turning a parsed date into a timestamp. sockherd makes none of those structlog
-calls, and a handler seldom an HTTPS connection, but every start would pay for those imports:
-a quarter of the time to the first answer. Inside `deferred("asyncio")`, an `import asyncio`
-binds a stand-in that imports the real module the first time an attribute of it is read;
-afterwards the stand-in leaves `sys.modules`, so any later `import asyncio` (a handler's, say)
-is an ordinary import of the one real module, which the stand-in then also leads to.
+calendar for turning a parsed date into a timestamp; http.server imports mimetypes for
+SimpleHTTPRequestHandler's file types, and shutil (which argparse imports too) bz2, lzma and
+zlib for its archive formats; dataclasses imports inspect, with ast and dis, to write the
+docstring of a class that has none. sockherd makes none of those calls, and a handler seldom
+does, but every start would pay for those imports: a third of the time to the first answer.
+
+Inside `deferred("asyncio")`, an `import asyncio` binds a stand-in that imports the real module
+the first time an attribute of it is read; afterwards the stand-in leaves `sys.modules`, so any
+later `import asyncio` (a handler's, say) is an ordinary import of the one real module, which
+the stand-in then also leads to.
 """
 
 from __future__ import annotations
