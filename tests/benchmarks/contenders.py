@@ -132,10 +132,11 @@ class Fleet:
     def start(self, contender: Contender) -> Server:
         port = free_port()
         log = self.workdir / f"{contender.name.replace(' ', '-')}-{port}.log"
+        command = contender.command(port)  # off the clock: writing a config, reading a version
         with log.open("wb") as out:
             started = time.monotonic()
             proc = subprocess.Popen(
-                contender.command(port),
+                command,
                 cwd=REPO,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
