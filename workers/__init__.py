@@ -5,9 +5,9 @@ The server classes carry the stdlib's names and behave like them; each adds `fro
 
 from workers.deferred import deferred
 
-# First, before any other import of dataclasses (supervisor's package imports this one first):
-# dataclasses imports inspect, with ast and dis, only to write a docstring for a class that has
-# none, and every class of sockherd's has one. See workers.deferred.
+# Before any other import of dataclasses (the program, supervisor.__main__, imports this package
+# first): dataclasses imports inspect, with ast and dis, only to write a docstring for a class
+# that has none, and every class of sockherd's has one. See workers.deferred.
 with deferred("inspect"):
     import dataclasses  # noqa: F401
 
