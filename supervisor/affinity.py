@@ -16,17 +16,22 @@ threads, and any process its handler runs.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from supervisor.config import CpuAffinity, ServiceConfig
 
 
 def cpu_for(
-    services: Sequence[ServiceConfig], service: ServiceConfig, slot: int, allowed: Sequence[int]
+    services: Sequence[ServiceConfig], service: ServiceConfig, slot: int, allowed: Sequence[int] | None = None
 ) -> int | None:
     """The CPU for worker `slot` of `service` (one of `services`, in config order), out of the
-    CPUs `allowed`; None when the service is not pinned or nothing is allowed."""
-    if service.cpu_affinity is not CpuAffinity.AUTO or not allowed:
+    CPUs `allowed` (by default the master's own, read only for a pinned service); None when the
+    service is not pinned or nothing is allowed."""
+    if service.cpu_affinity is not CpuAffinity.AUTO:
+        return None
+    cpus = sorted(_master_cpus() if allowed is None else allowed)
+    if not cpus:
         return None
     before = 0
     for other in services:
@@ -34,4 +39,9 @@ def cpu_for(
             break
         if other.cpu_affinity is CpuAffinity.AUTO:
             before += other.workers
-    return sorted(allowed)[(before + slot) % len(allowed)]
+    return cpus[(before + slot) % len(cpus)]
+
+
+def _master_cpus() -> set[int]:
+    """The CPUs the master may run on (Linux; config refuses "auto" elsewhere)."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()

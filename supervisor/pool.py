@@ -115,7 +115,7 @@ class Pool:
         return min(waiting, default=None)
 
     def spawn(self, generation: Generation, service: ServiceConfig, index: int) -> Worker:
-        cpu = cpu_for(generation.config.services, service, index, _allowed_cpus())
+        cpu = cpu_for(generation.config.services, service, index)
         if cpu is None:  # a pinned worker's threads are placed by no count: see supervisor.wakeups
             self._top_up_wakes()
         listener = generation.listeners[service.name]
@@ -309,11 +309,6 @@ class Pool:
         """Kill every worker together with its request children."""
         for worker in self:
             self.kill(worker)
-
-
-def _allowed_cpus() -> list[int]:
-    """The CPUs the master may run on, which pinned workers are dealt round (Linux)."""
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
 def _signal_pid(pid: int, signum: signal.Signals) -> None:

@@ -156,13 +156,19 @@ def test_a_started_worker_has_imported_none_of_the_deferred(sockherd: Launcher, 
     unwanted = {"asyncio", "ssl", "uuid", "logging", "structlog.stdlib", "difflib", "psutil", "calendar"}
     unwanted |= {"inspect", "mimetypes", "bz2", "lzma", "zlib"}
     unwanted |= {"encodings.idna", "unicodedata", "supervisor.logview", "daemon"}
-    (tmp_path / "peek.py").write_text(PEEK.format(unwanted=unwanted, out=str(tmp_path / "seen")))
+    assert _what_a_worker_wrote(sockherd, tmp_path, PEEK, unwanted=unwanted) == "none"
+
+
+def _what_a_worker_wrote(sockherd: Launcher, tmp_path: Path, module: str, **fields: object) -> str:
+    """Start sockherd with `module` (formatted with `fields` and `out`, a file it writes to) as
+    its handler's module, and return what a worker wrote there while it booted."""
+    (tmp_path / "probe.py").write_text(module.format(out=str(tmp_path / "out"), **fields))
     daemon = sockherd.start(
-        {"svc": service("tcp", handler="peek:Handler", listen="127.0.0.1:0")},
+        {"svc": service("tcp", handler="probe:Handler", listen="127.0.0.1:0")},
         pythonpath=[str(TESTS_DIR), str(tmp_path)],
     )
     assert daemon.events("worker_ready")
-    assert (tmp_path / "seen").read_text() == "none"
+    return (tmp_path / "out").read_text()
 
 
 COLLECTOR = """\
@@ -184,10 +190,4 @@ def test_the_collector_is_off_only_while_starting(sockherd: Launcher, tmp_path: 
         print(gc.isenabled())
     """
     assert _run(code, check=False) == "False\nTrue"
-    (tmp_path / "collector.py").write_text(COLLECTOR.format(out=str(tmp_path / "enabled")))
-    daemon = sockherd.start(
-        {"svc": service("tcp", handler="collector:Handler", listen="127.0.0.1:0")},
-        pythonpath=[str(TESTS_DIR), str(tmp_path)],
-    )
-    assert daemon.events("worker_ready")
-    assert (tmp_path / "enabled").read_text() == "True"
+    assert _what_a_worker_wrote(sockherd, tmp_path, COLLECTOR) == "True"

@@ -114,7 +114,7 @@ def under_sighup(
             f"  sighup {server.name}: {runs['steady'][-1].rate:,.0f}/s steady, "
             f"{runs['sighup'][-1].rate:,.0f}/s with {hups} SIGHUPs, {runs['sighup'][-1].errors} errors"
         )
-        _settle(server, last_hup)
+        settle(server, last_hup)
     return runs
 
 
@@ -151,7 +151,7 @@ def signal_every_second(
     return sent, last
 
 
-def _settle(server: Server, last_hup: float) -> None:
+def settle(server: Server, last_hup: float) -> None:
     """Until the old workers have drained away and the new ones are past their first second
     (a generation that is all new leaves the CPUs idle more: see supervisor/wakeups.py), so the
     next steady run measures neither of them. Reading the tree also remembers the last

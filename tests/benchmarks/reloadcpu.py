@@ -155,10 +155,11 @@ def measure_reloads(
             )
         try:
             _attached(bpftrace, output)
-            measure.warm_up([server], scripts, measure.SIGHUP_LOAD)
+            load = measure.SIGHUP_LOAD
+            measure.warm_up([server], scripts, load)
             for _ in range(rounds):
                 for signum in (STEADY, RELOAD):
-                    proc = wrk.start(server.port, 16, seconds, scripts["keep-alive"])
+                    proc = wrk.start(server.port, load.connections, seconds, scripts[load.script])
                     # Stop a second before wrk does, so that every bin after a signal is under load.
                     _, last = measure.signal_every_second(
                         server, proc, signum, time.monotonic() + seconds - 1.0
@@ -168,7 +169,7 @@ def measure_reloads(
                         rate = results[signum][-1].rate
                         print(f"  {signal.Signals(signum).name}: {rate:,.0f}/s", file=sys.stderr, flush=True)
                     if signum == RELOAD:
-                        measure._settle(server, last)
+                        measure.settle(server, last)
         finally:
             bpftrace.send_signal(signal.SIGINT)  # it prints its maps and exits
             try:
